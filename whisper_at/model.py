@@ -1,0 +1,199 @@
+"""``WhisperAT``: openai-whisper's ``Whisper`` with a pooled encoder tap and a TL-TR head.
+
+The encoder is upstream's, unchanged: forward hooks on its residual blocks average each block's
+output over 20 frames while the same forward pass feeds the decoder. Within a transcription,
+every distinct 30 s window is encoded once and the result is reused by language detection,
+temperature fallback and word timestamps, which openai-whisper would each re-encode.
+"""
+
+import threading
+from typing import Callable, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+from whisper.decoding import DecodingOptions, DecodingResult
+from whisper.decoding import decode as decode_function
+from whisper.decoding import detect_language as detect_language_function
+from whisper.model import ModelDimensions, Whisper
+
+from .head import POOL_STRIDE, TLTR
+
+
+def _pool(x: Tensor) -> Tensor:
+    """Mean over non-overlapping groups of 20 frames: [B, T, d] -> [B, T // 20, d]."""
+    n_batch, n_frames, n_state = x.shape
+    n_pooled = n_frames // POOL_STRIDE
+    x = x[:, : n_pooled * POOL_STRIDE]
+    return x.reshape(n_batch, n_pooled, POOL_STRIDE, n_state).mean(dim=2)
+
+
+_TLS = threading.local()
+
+
+def _tap_hook(module, inputs, output):
+    """Forward hook of every encoder block: keeps its pooled output while a tap is open."""
+    layers = getattr(_TLS, "layers", None)
+    if layers is not None:
+        layers.append(_pool(output))
+
+
+class _CachedWindow:
+    def __init__(self, mel: Tensor, features: Tensor, pooled: Tensor):
+        self.mel = mel
+        self.features = features
+        self.pooled = pooled
+        self.recorded = False
+
+
+class _WindowCache:
+    """The most recently encoded windows, matched by exact content."""
+
+    def __init__(self, size: int = 2):
+        self.size = size
+        self.items: List[_CachedWindow] = []
+
+    def get(self, mel: Tensor) -> Optional[_CachedWindow]:
+        for item in self.items:
+            key = item.mel
+            if key.shape == mel.shape and key.dtype == mel.dtype and torch.equal(key, mel):
+                return item
+        return None
+
+    def put(self, item: _CachedWindow):
+        self.items = [item] + self.items[: self.size - 1]
+
+
+class _Session:
+    def __init__(self, on_window: Callable[[Tensor, Tensor], None]):
+        self.thread = threading.get_ident()
+        self.cache = _WindowCache()
+        self.on_window = on_window
+
+
+class WhisperAT(Whisper):
+    """Whisper with Whisper-AT audio tagging; ``at_model`` is the TL-TR head (or None)."""
+
+    def __init__(self, dims: ModelDimensions, at_low_compute: bool = False, with_head=True):
+        super().__init__(dims)
+        self._setup_at(
+            TLTR(dims.n_audio_layer, dims.n_audio_state, at_low_compute) if with_head else None
+        )
+
+    @classmethod
+    def from_whisper(cls, model: Whisper, head: Optional[TLTR] = None) -> "WhisperAT":
+        """Turn a loaded ``Whisper`` into a ``WhisperAT`` in place (no weights are copied)."""
+        if not isinstance(model, Whisper):
+            raise TypeError(f"expected a whisper.model.Whisper, got {type(model).__name__}")
+        model.__class__ = cls
+        model._setup_at(head)
+        return model
+
+    def _setup_at(self, head: Optional[TLTR]):
+        if head is not None:
+            head = head.to(self.positional_device())
+        self.at_model = head
+        self._at_session = None
+        if not getattr(self.encoder, "_at_tapped", False):
+            for block in self.encoder.blocks:
+                block.register_forward_hook(_tap_hook)
+            self.encoder._at_tapped = True
+
+    def positional_device(self) -> torch.device:
+        return self.encoder.positional_embedding.device
+
+    @property
+    def has_at_head(self) -> bool:
+        return getattr(self, "at_model", None) is not None
+
+    # --- encoding ---------------------------------------------------------------------------
+
+    def embed_audio_with_layers(self, mel: Tensor) -> Tuple[Tensor, Tensor]:
+        """Encode mel [B, n_mels, T] (or [n_mels, T]) in one pass.
+
+        Returns the encoder output (as ``embed_audio``) and every block's output mean-pooled
+        over 20 frames, [B, n_audio_layer, T // 40, n_audio_state] (before ``ln_post``).
+        """
+        single = mel.ndim == 2
+        if single:
+            mel = mel.unsqueeze(0)
+        _TLS.layers = []
+        try:
+            with torch.no_grad():
+                features = self.encoder(mel)
+            pooled = torch.stack(_TLS.layers, dim=1)
+        finally:
+            _TLS.layers = None
+        if single:
+            return features[0], pooled[0]
+        return features, pooled
+
+    def _session(self) -> Optional[_Session]:
+        session = self._at_session
+        if session is not None and session.thread == threading.get_ident():
+            return session
+        return None
+
+    def _encode(self, mel: Tensor, record: bool) -> Tensor:
+        """Encoder output for mel, computed once per distinct window while a session is open."""
+        session = self._session()
+        if session is None:
+            return self.encoder(mel)
+        window = session.cache.get(mel)
+        if window is None:
+            window = _CachedWindow(mel, *self.embed_audio_with_layers(mel))
+            session.cache.put(window)
+        if record and not window.recorded:
+            window.recorded = True
+            session.on_window(mel, window.pooled)
+        return window.features
+
+    def _is_mel(self, mel: Tensor) -> bool:
+        return mel.shape[-2] == self.dims.n_mels and mel.shape[-1] != self.dims.n_audio_state
+
+    def embed_audio(self, mel: Tensor):
+        if self._session() is not None and self._is_mel(mel):
+            return self._encode(mel, record=False)
+        return super().embed_audio(mel)
+
+    def forward(self, mel: Tensor, tokens: Tensor):
+        # used by word-level timestamps (timing.find_alignment) on the window just decoded
+        return self.decoder(tokens, self.embed_audio(mel))
+
+    def decode(
+        self, mel: Tensor, options: DecodingOptions = DecodingOptions(), **kwargs
+    ) -> Union[DecodingResult, List[DecodingResult]]:
+        if self._session() is not None and self._is_mel(mel):
+            if options.fp16:
+                mel = mel.half()
+            mel = self._encode(mel, record=True)
+        return decode_function(self, mel, options, **kwargs)
+
+    def detect_language(self, mel: Tensor, tokenizer=None):
+        if self._session() is not None and self._is_mel(mel):
+            mel = self._encode(mel, record=False)
+        return detect_language_function(self, mel, tokenizer)
+
+    # --- tagging ------------------------------------------------------------------------------
+
+    def open_session(self, on_window: Callable[[Tensor, Tensor], None]):
+        """Start caching encoder windows in this thread; ``on_window(mel, pooled)`` sees each
+        window that ``decode`` encodes, once."""
+        if self._session() is not None:
+            raise RuntimeError("a transcription is already running on this model in this thread")
+        self._at_session = _Session(on_window)
+        return self._at_session
+
+    def close_session(self):
+        self._at_session = None
+
+    def tag(self, audio: Union[str, np.ndarray, Tensor], at_time_res: float = 10, **kwargs):
+        """Tagging only (no decoding): see :func:`whisper_at.tagging.tag`."""
+        from .tagging import tag
+
+        return tag(self, audio, at_time_res=at_time_res, **kwargs)
+
+    def transcribe(self, audio, **kwargs):
+        from .transcribe import transcribe
+
+        return transcribe(self, audio, **kwargs)
