@@ -1,0 +1,116 @@
+"""whisper-at: openai-whisper that also tags AudioSet sound events (Whisper-AT).
+
+``import whisper_at as whisper`` works wherever ``import whisper`` did: every public name of the
+installed openai-whisper is re-exported; ``load_model`` and ``transcribe`` add audio tagging.
+"""
+
+import os
+import sys
+import warnings
+from collections.abc import Mapping
+from typing import Optional, Union
+
+import torch
+import whisper as _whisper
+
+# Re-export openai-whisper's public API, derived from the installed package.
+_UPSTREAM_NAMES = [name for name in dir(_whisper) if not name.startswith("_")]
+globals().update({name: getattr(_whisper, name) for name in _UPSTREAM_NAMES})
+# ... and its submodules, so `from whisper_at.audio import load_audio` works too.
+for _name, _module in list(sys.modules.items()):
+    _short = _name[len("whisper.") :]
+    if _name.startswith("whisper.") and "." not in _short:
+        if not os.path.exists(os.path.join(os.path.dirname(__file__), _short + ".py")):
+            sys.modules.setdefault(f"{__name__}.{_short}", _module)
+
+from . import weights  # noqa: E402
+from .convert import load_checkpoint  # noqa: E402
+from .head import TLTR, load_head  # noqa: E402
+from .labels import label_names, parse_at_label  # noqa: E402
+from .model import WhisperAT  # noqa: E402
+from .tagging import tag  # noqa: E402
+from .transcribe import transcribe  # noqa: E402
+
+__version__ = "1.0.0"
+
+
+def available_heads():
+    """Model names with an official Whisper-AT head (``*_low``: TL-TR-512)."""
+    return list(weights.HEAD_URLS)
+
+
+def _load_backbone(name: str, device, download_root: str, in_memory: bool):
+    if name in _whisper._MODELS:
+        return _whisper.load_model(name, device, download_root, in_memory)
+    if os.path.exists(name):
+        checkpoint = load_checkpoint(name)
+        model = _whisper.model.Whisper(_whisper.model.ModelDimensions(**checkpoint["dims"]))
+        model.load_state_dict(checkpoint["model_state_dict"])
+        if checkpoint.get("alignment_heads") is not None:
+            mask = torch.as_tensor(checkpoint["alignment_heads"], dtype=torch.bool)
+            model.register_buffer("alignment_heads", mask.to_sparse(), persistent=False)
+        return model.to(device)
+    raise RuntimeError(f"Model {name} not found; available models = {_whisper.available_models()}")
+
+
+def _load_head_state(name, at_low_compute: bool, at_head, download_root: str):
+    if at_head is not None:
+        if isinstance(at_head, Mapping):
+            return at_head
+        return weights.load_state_dict(at_head)
+    key = weights.head_key(name, at_low_compute)
+    if key in weights.HEAD_URLS:
+        return weights.load_state_dict(weights.head_file(name, at_low_compute, download_root))
+    if at_low_compute and name in weights.HEAD_URLS:
+        low = sorted(k[:-4] for k in weights.HEAD_URLS if k.endswith("_low"))
+        raise ValueError(
+            f"at_low_compute=True (TL-TR-512) heads exist only for {', '.join(low)}; "
+            f"use at_low_compute=False for {name!r}"
+        )
+    warnings.warn(
+        f"no official Whisper-AT head for {name!r}: transcription works, but results have no "
+        "'audio_tag'. Pass at_head=PATH to use a head of your own.",
+        stacklevel=3,
+    )
+    return None
+
+
+def load_model(
+    name: str,
+    device: Optional[Union[str, torch.device]] = None,
+    download_root: Optional[str] = None,
+    in_memory: bool = False,
+    at_low_compute: bool = False,
+    at_head=None,
+) -> WhisperAT:
+    """Load a Whisper model with its Whisper-AT audio-tagging head.
+
+    name: an official model name (``available_models()``), an OpenAI-format checkpoint file, or a
+        CTranslate2 / HF transformers Whisper directory.
+    at_low_compute: use the TL-TR-512 head (small, medium and large only).
+    at_head: a head checkpoint path or state_dict (offline use, or heads trained later); by
+        default the official head for ``name`` is downloaded beside the Whisper models.
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if download_root is None:
+        download_root = weights.default_cache_dir()
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a string, got {type(name).__name__}")
+    if name not in _whisper._MODELS and not os.path.exists(name):
+        raise RuntimeError(f"Model {name} not found; available models = {_whisper.available_models()}")
+    state = _load_head_state(name, at_low_compute, at_head, download_root)
+    model = _load_backbone(name, device, download_root, in_memory)
+    head = None
+    if state is not None:
+        head = load_head(state, model.dims.n_audio_layer, model.dims.n_audio_state)
+        if at_low_compute and not head.low_compute:
+            raise ValueError("at_low_compute=True, but the given at_head is a TL-TR (not -512) head")
+    return WhisperAT.from_whisper(model, head)
+
+
+__all__ = sorted(
+    set(_UPSTREAM_NAMES)
+    | {"load_model", "transcribe", "parse_at_label", "label_names", "tag", "WhisperAT", "TLTR"}
+    | {"available_heads"}
+)

@@ -1,0 +1,145 @@
+"""From encoded 30 s windows to ``audio_tag`` rows, and the tagging-only path.
+
+Row k of ``audio_tag`` covers [k * at_time_res, (k + 1) * at_time_res) seconds of the audio. Its
+features come from the first encoded window that contains the whole interval, starting at the
+pooled frame nearest the interval's start. A row that no window contains whole (it straddles the
+end of the last window, or windows were skipped by ``clip_timestamps``) uses the window that
+overlaps it most, shifted to stay inside that window; a row no window touches stays NaN.
+"""
+
+import math
+import warnings
+from typing import Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+from whisper.audio import N_FRAMES, N_SAMPLES, load_audio, log_mel_spectrogram, pad_or_trim
+
+from .head import NUM_CLASSES, frames_per_chunk
+
+MEL_PER_POOLED = 40  # mel frames (10 ms) per pooled encoder frame
+TRAINED_TIME_RES = 10
+
+
+def check_at_time_res(at_time_res) -> float:
+    """Validate ``at_time_res``: a positive multiple of 0.4 s, at most 30 s (float-safe)."""
+    if isinstance(at_time_res, bool) or not isinstance(at_time_res, (int, float, np.number)):
+        raise TypeError(f"at_time_res must be a number of seconds, got {at_time_res!r}")
+    value = float(at_time_res)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"at_time_res must be a positive number of seconds, got {at_time_res!r}")
+    steps = value / 0.4
+    if abs(steps - round(steps)) > 1e-6:
+        raise ValueError(
+            f"at_time_res must be a multiple of 0.4 s (0.4, 0.8, ..., 10, ...), got {at_time_res!r}"
+        )
+    if round(steps) * 0.4 > 30 + 1e-6:
+        raise ValueError(f"at_time_res must be at most 30 s (one window), got {at_time_res!r}")
+    if round(steps) != 25:
+        warnings.warn(
+            f"at_time_res={value:g}: the AT heads were trained on 10 s chunks; other resolutions "
+            "may tag less accurately (ASR is not affected)",
+            stacklevel=3,
+        )
+    return value
+
+
+class ChunkTagger:
+    """Collects windows' pooled features and turns them into ``audio_tag`` rows, streaming:
+    rows are tagged as soon as a window contains them, so memory does not grow with the audio."""
+
+    def __init__(self, head, content_frames: int, at_time_res: float, keep_features=False):
+        self.head = head
+        self.res_frames = round(at_time_res / 0.4) * MEL_PER_POOLED  # mel frames per row
+        self.width = frames_per_chunk(at_time_res)  # pooled frames per row
+        self.n_rows = -(-content_frames // self.res_frames)
+        self.logits = torch.full((self.n_rows, NUM_CLASSES), float("nan"))
+        self.done = torch.zeros(self.n_rows, dtype=torch.bool)
+        self.pending: Dict[int, Tuple[int, Tensor]] = {}  # row -> (overlap, chunk)
+        self.features: Optional[List[Tensor]] = [] if keep_features else None
+
+    def add_window(self, seek: int, pooled: Tensor):
+        """Take the pooled features [n_layer, 75, d] of the window starting at mel frame seek."""
+        if self.features is not None:
+            self.features.append(pooled.float().cpu())
+        n_pooled = pooled.shape[1]
+        span = n_pooled * MEL_PER_POOLED
+        first = max(0, seek // self.res_frames)
+        last = min(self.n_rows, -(-(seek + span) // self.res_frames))
+        rows, chunks = [], []
+        for k in range(first, last):
+            start = k * self.res_frames
+            overlap = min(start + self.res_frames, seek + span) - max(start, seek)
+            if self.done[k] or overlap <= 0:
+                continue
+            offset = math.floor((start - seek) / MEL_PER_POOLED + 0.5)
+            if 0 <= offset <= n_pooled - self.width:
+                rows.append(k)
+                chunks.append(pooled[:, offset : offset + self.width])
+            elif overlap > self.pending.get(k, (0, None))[0]:
+                offset = min(max(offset, 0), max(n_pooled - self.width, 0))
+                self.pending[k] = (overlap, pooled[:, offset : offset + self.width])
+        self._run(rows, chunks)
+
+    def _run(self, rows: List[int], chunks: List[Tensor]):
+        if not rows:
+            return
+        with torch.no_grad():
+            logits = self.head.forward_chunks(torch.stack(chunks))
+        self.logits[rows] = logits.float().cpu()
+        self.done[rows] = True
+        for k in rows:
+            self.pending.pop(k, None)
+
+    def finish(self) -> Tensor:
+        """Tag the rows no window contained whole; returns ``audio_tag`` [n_rows, 527]."""
+        rows = sorted(self.pending)
+        self._run(rows, [self.pending[k][1] for k in rows])
+        return self.logits
+
+    def audio_features(self) -> Tensor:
+        """The pooled features of every window added, [n_windows, n_layer, 75, d]."""
+        if not self.features:
+            return torch.empty(0)
+        return torch.stack(self.features)
+
+
+def tag(
+    model,
+    audio: Union[str, np.ndarray, Tensor],
+    at_time_res: float = TRAINED_TIME_RES,
+    batch_size: int = 8,
+    return_audio_features: bool = False,
+) -> dict:
+    """Tag audio without transcribing: encoder + TL-TR head on consecutive 30 s windows.
+
+    Returns ``{"audio_tag": [rows, 527], "at_time_res": ..., "duration": seconds}``; on audio of
+    up to 30 s the rows equal those of ``transcribe``.
+    """
+    if not model.has_at_head:
+        raise RuntimeError("this model has no AT head; load one with load_model(..., at_head=...)")
+    at_time_res = check_at_time_res(at_time_res)
+    if isinstance(audio, str):
+        audio = load_audio(audio)
+    mel = log_mel_spectrogram(audio, model.dims.n_mels, padding=N_SAMPLES)
+    content_frames = mel.shape[-1] - N_FRAMES
+    tagger = ChunkTagger(model.at_model, content_frames, at_time_res, return_audio_features)
+    dtype = next(model.parameters()).dtype
+    seeks = list(range(0, content_frames, N_FRAMES))
+    for i in range(0, len(seeks), batch_size):
+        batch = seeks[i : i + batch_size]
+        windows = [pad_or_trim(mel[:, s : s + N_FRAMES], N_FRAMES) for s in batch]
+        mels = torch.stack(windows).to(model.device, dtype)
+        _, pooled = model.embed_audio_with_layers(mels)
+        for seek, layers in zip(batch, pooled):
+            tagger.add_window(seek, layers)
+    result = {
+        "audio_tag": tagger.finish(),
+        "at_time_res": at_time_res,
+        "duration": content_frames / 100.0,
+    }
+    if return_audio_features:
+        result["audio_features_for_at"] = tagger.audio_features()
+    return result
+

@@ -1,0 +1,124 @@
+"""Official Whisper-AT head files: where they live, and a safe downloader."""
+
+import hashlib
+import io
+import os
+import tempfile
+import urllib.request
+from typing import Dict, Optional, Union
+
+import torch
+from filelock import FileLock
+from tqdm import tqdm
+
+# The official TL-TR ("_ori") and TL-TR-512 ("_low") heads released with Whisper-AT.
+HEAD_URLS: Dict[str, str] = {
+    "tiny.en": "https://www.dropbox.com/s/atq9so6w0qug5ai/tiny.en_ori.pth?dl=1",
+    "tiny": "https://www.dropbox.com/s/cib4q4iz6g758l0/tiny_ori.pth?dl=1",
+    "base.en": "https://www.dropbox.com/s/qtzgsbuquoz0afn/base.en_ori.pth?dl=1",
+    "base": "https://www.dropbox.com/s/2odwh42u6e9ger7/base_ori.pth?dl=1",
+    "small.en": "https://www.dropbox.com/s/cyx50ycl1ul7lji/small.en_ori.pth?dl=1",
+    "small.en_low": "https://www.dropbox.com/s/507o66zgl8v6ddd/small.en_low.pth?dl=1",
+    "small": "https://www.dropbox.com/s/jftj9s0kr4ycvr1/small_ori.pth?dl=1",
+    "small_low": "https://www.dropbox.com/s/a1x0416v58f7wrf/small_low.pth?dl=1",
+    "medium.en": "https://www.dropbox.com/s/bbvylvmgns8ja4p/medium.en_ori.pth?dl=1",
+    "medium.en_low": "https://www.dropbox.com/s/2q5wprr8f9gti5t/medium.en_low.pth?dl=1",
+    "medium": "https://www.dropbox.com/s/65aabayr7o819az/medium_ori.pth?dl=1",
+    "medium_low": "https://www.dropbox.com/s/0mnfmcasram4n6o/medium_low.pth?dl=1",
+    "large-v1": "https://www.dropbox.com/s/b8x2en1fdzc8nhk/large-v1_ori.pth?dl=1",
+    "large-v1_low": "https://www.dropbox.com/s/5o79h70wyla8jlk/large-v1_low.pth?dl=1",
+    "large-v2": "https://www.dropbox.com/s/3zxpyvdrxy22eq7/large-v2_ori.pth?dl=1",
+    "large-v2_low": "https://www.dropbox.com/s/jw2rh4uylhqgn85/large-v2_low.pth?dl=1",
+    "large": "https://www.dropbox.com/s/3zxpyvdrxy22eq7/large-v2_ori.pth?dl=1",
+    "large_low": "https://www.dropbox.com/s/jw2rh4uylhqgn85/large-v2_low.pth?dl=1",
+}
+
+# sha256 of head files, where known (the 2023 release published none; add them as verified).
+HEAD_SHA256: Dict[str, str] = {}
+
+
+def head_key(name: str, low_compute: bool) -> str:
+    return f"{name}_low" if low_compute else name
+
+
+def default_cache_dir() -> str:
+    """openai-whisper's model cache, so heads sit beside the backbones."""
+    default = os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(os.getenv("XDG_CACHE_HOME", default), "whisper")
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url: str, target: str, sha256: Optional[str] = None) -> str:
+    """Download ``url`` to ``target`` atomically (temp file + rename), under a file lock.
+
+    A cached file is reused only if its sha256 matches (when known); a mismatching download is
+    deleted and reported, never kept.
+    """
+    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+    if os.path.exists(target) and not os.path.isfile(target):
+        raise RuntimeError(f"{target} exists and is not a regular file")
+    with FileLock(target + ".lock"):
+        if os.path.isfile(target):
+            if sha256 is None or _sha256(target) == sha256:
+                return target
+            os.remove(target)  # corrupt or stale: fetch again
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target) or ".", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url) as source:
+                total = int(source.info().get("Content-Length") or 0) or None
+                with tqdm(total=total, ncols=80, unit="iB", unit_scale=True,
+                          unit_divisor=1024, desc=os.path.basename(target)) as bar:
+                    for block in iter(lambda: source.read(1 << 16), b""):
+                        out.write(block)
+                        bar.update(len(block))
+                if total is not None and out.tell() != total:
+                    raise RuntimeError(
+                        f"download of {url} truncated: {out.tell()} of {total} bytes"
+                    )
+            if sha256 is not None and _sha256(tmp) != sha256:
+                raise RuntimeError(
+                    f"{url}: downloaded file's SHA256 does not match; not using it, please retry"
+                )
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    return target
+
+
+def load_state_dict(source: Union[str, bytes, os.PathLike]) -> Dict[str, torch.Tensor]:
+    """Load a checkpoint's tensors safely (``weights_only=True``, or safetensors)."""
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        handle = open(path, "rb")
+    else:
+        path, handle = "<bytes>", io.BytesIO(source)
+    with handle:
+        try:
+            return torch.load(handle, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
+            raise RuntimeError(
+                f"cannot load {path} as a weights-only checkpoint (corrupt, truncated, or it "
+                f"contains code objects, which are refused for safety): {e}"
+            ) from e
+
+
+def head_file(name: str, low_compute: bool, root: Optional[str] = None) -> str:
+    """Path of the official head for model ``name``, downloaded into the cache if needed."""
+    key = head_key(name, low_compute)
+    url = HEAD_URLS[key]
+    filename = os.path.basename(urllib.parse.urlparse(url).path)
+    return download(url, os.path.join(root or default_cache_dir(), filename), HEAD_SHA256.get(key))
