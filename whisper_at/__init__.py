@@ -98,19 +98,28 @@ def load_model(
     if not isinstance(name, str):
         raise TypeError(f"model name must be a string, got {type(name).__name__}")
     if name not in _whisper._MODELS and not os.path.exists(name):
-        raise RuntimeError(f"Model {name} not found; available models = {_whisper.available_models()}")
+        raise RuntimeError(
+            f"Model {name} not found; available models = {_whisper.available_models()}"
+        )
     state = _load_head_state(name, at_low_compute, at_head, download_root)
     model = _load_backbone(name, device, download_root, in_memory)
     head = None
     if state is not None:
         head = load_head(state, model.dims.n_audio_layer, model.dims.n_audio_state)
         if at_low_compute and not head.low_compute:
-            raise ValueError("at_low_compute=True, but the given at_head is a TL-TR (not -512) head")
+            raise ValueError("at_low_compute=True, but at_head is a TL-TR head, not TL-TR-512")
     return WhisperAT.from_whisper(model, head)
 
 
-__all__ = sorted(
-    set(_UPSTREAM_NAMES)
-    | {"load_model", "transcribe", "parse_at_label", "label_names", "tag", "WhisperAT", "TLTR"}
-    | {"available_heads"}
-)
+__all__ = [
+    "TLTR",
+    "WhisperAT",
+    "available_heads",
+    "label_names",
+    "load_checkpoint",
+    "load_model",
+    "parse_at_label",
+    "tag",
+    "transcribe",
+]
+__all__ += [name for name in _UPSTREAM_NAMES if name not in __all__]
