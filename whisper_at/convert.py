@@ -284,8 +284,8 @@ def ct2_to_openai(src: CT2Source) -> dict:
     state["encoder.ln_post.weight"] = _weight(variables, "encoder/layer_norm/gamma")
     state["encoder.ln_post.bias"] = _weight(variables, "encoder/layer_norm/beta")
 
-    state["decoder.token_embedding.weight"] = _weight(variables, "decoder/embeddings/weight")
     state["decoder.positional_embedding"] = _weight(variables, text_pos_name)
+    state["decoder.token_embedding.weight"] = _weight(variables, "decoder/embeddings/weight")
     for i in range(dims.n_text_layer):
         state.update(_convert_block(variables, f"decoder/layer_{i}", f"decoder.blocks.{i}", True))
     state["decoder.ln.weight"] = _weight(variables, "decoder/layer_norm/gamma")

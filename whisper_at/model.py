@@ -15,7 +15,7 @@ from torch import Tensor
 from whisper.decoding import DecodingOptions, DecodingResult
 from whisper.decoding import decode as decode_function
 from whisper.decoding import detect_language as detect_language_function
-from whisper.model import ModelDimensions, Whisper
+from whisper.model import ModelDimensions, MultiHeadAttention, Whisper
 
 from .head import POOL_STRIDE, TLTR
 
@@ -38,9 +38,15 @@ def _tap_hook(module, inputs, output):
         layers.append(_pool(output))
 
 
+def _sdpa() -> bool:
+    """Whether attention uses SDPA now (word timestamps turn it off, which changes numerics)."""
+    return bool(MultiHeadAttention.use_sdpa)
+
+
 class _CachedWindow:
     def __init__(self, mel: Tensor, features: Tensor, pooled: Tensor):
         self.mel = mel
+        self.sdpa = _sdpa()
         self.features = features
         self.pooled = pooled
         self.recorded = False
@@ -49,14 +55,17 @@ class _CachedWindow:
 class _WindowCache:
     """The most recently encoded windows, matched by exact content."""
 
-    def __init__(self, size: int = 2):
+    def __init__(self, size: int = 3):
         self.size = size
         self.items: List[_CachedWindow] = []
 
     def get(self, mel: Tensor) -> Optional[_CachedWindow]:
+        sdpa = _sdpa()
         for item in self.items:
             key = item.mel
-            if key.shape == mel.shape and key.dtype == mel.dtype and torch.equal(key, mel):
+            if key.shape != mel.shape or key.dtype != mel.dtype or item.sdpa != sdpa:
+                continue
+            if torch.equal(key, mel):
                 return item
         return None
 
@@ -139,14 +148,17 @@ class WhisperAT(Whisper):
         session = self._session()
         if session is None:
             return self.encoder(mel)
-        window = session.cache.get(mel)
+        single = mel.ndim == 2
+        batch = mel.unsqueeze(0) if single else mel
+        window = session.cache.get(batch)
         if window is None:
-            window = _CachedWindow(mel, *self.embed_audio_with_layers(mel))
+            window = _CachedWindow(batch, *self.embed_audio_with_layers(batch))
             session.cache.put(window)
         if record and not window.recorded:
             window.recorded = True
-            session.on_window(mel, window.pooled)
-        return window.features
+            for segment, pooled in zip(batch, window.pooled):
+                session.on_window(segment, pooled)
+        return window.features[0] if single else window.features
 
     def _is_mel(self, mel: Tensor) -> bool:
         return mel.shape[-2] == self.dims.n_mels and mel.shape[-1] != self.dims.n_audio_state
@@ -178,7 +190,7 @@ class WhisperAT(Whisper):
 
     def open_session(self, on_window: Callable[[Tensor, Tensor], None]):
         """Start caching encoder windows in this thread; ``on_window(mel, pooled)`` sees each
-        window that ``decode`` encodes, once."""
+        window that ``decode`` encodes, once ([n_mels, 3000] and [n_layer, 75, d])."""
         if self._session() is not None:
             raise RuntimeError("a transcription is already running on this model in this thread")
         self._at_session = _Session(on_window)

@@ -129,7 +129,11 @@ def tag(
     seeks = list(range(0, content_frames, N_FRAMES))
     for i in range(0, len(seeks), batch_size):
         batch = seeks[i : i + batch_size]
-        windows = [pad_or_trim(mel[:, s : s + N_FRAMES], N_FRAMES) for s in batch]
+        # as transcribe does: the last window is zero-padded in log-mel space
+        windows = [
+            pad_or_trim(mel[:, s : s + min(N_FRAMES, content_frames - s)], N_FRAMES)
+            for s in batch
+        ]
         mels = torch.stack(windows).to(model.device, dtype)
         _, pooled = model.embed_audio_with_layers(mels)
         for seek, layers in zip(batch, pooled):
