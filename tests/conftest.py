@@ -299,9 +299,13 @@ def long_speech_wav(audio_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def noise_wav(audio_dir: Path) -> Path:
-    """10 s of repeatable pink noise at vol 0.1 (multilingual base falls back to T=0.2)."""
+    """10 s of repeatable (sox -R) white noise at vol 0.01 (about -45 dBFS RMS).
+
+    At temperature 0 both tiny.en and base hallucinate a repetitive line (compression ratio
+    above 2.4), so transcribe() falls back to temperature 0.2, with or without language="en".
+    """
     path = audio_dir / "noise.wav"
-    _run(["sox", "-R", "-n", *_sox_out(path), "synth", "10", "pinknoise", "vol", "0.1"])
+    _run(["sox", "-R", "-n", *_sox_out(path), "synth", "10", "whitenoise", "vol", "0.01"])
     return path
 
 

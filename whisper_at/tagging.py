@@ -14,8 +14,9 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 from torch import Tensor
-from whisper.audio import N_FRAMES, N_SAMPLES, load_audio, log_mel_spectrogram, pad_or_trim
+from whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
 
+from .audio_io import as_audio
 from .head import NUM_CLASSES, frames_per_chunk
 
 MEL_PER_POOLED = 40  # mel frames (10 ms) per pooled encoder frame
@@ -120,8 +121,7 @@ def tag(
     if not model.has_at_head:
         raise RuntimeError("this model has no AT head; load one with load_model(..., at_head=...)")
     at_time_res = check_at_time_res(at_time_res)
-    if isinstance(audio, str):
-        audio = load_audio(audio)
+    audio = as_audio(audio)
     mel = log_mel_spectrogram(audio, model.dims.n_mels, padding=N_SAMPLES)
     content_frames = mel.shape[-1] - N_FRAMES
     tagger = ChunkTagger(model.at_model, content_frames, at_time_res, return_audio_features)

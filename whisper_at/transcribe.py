@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from whisper.audio import N_FRAMES, log_mel_spectrogram
 
+from .audio_io import as_audio
 from .model import WhisperAT
 from .tagging import TRAINED_TIME_RES, ChunkTagger, check_at_time_res
 
@@ -100,6 +101,7 @@ def transcribe(
             f"got {type(model).__name__}"
         )
     at_time_res = check_at_time_res(at_time_res)
+    audio = as_audio(audio)
     locator = _WindowLocator()
     state = {}
 
