@@ -73,4 +73,4 @@ def as_audio(audio: Union[str, os.PathLike, np.ndarray, torch.Tensor]):
         return load_audio(audio)
     if isinstance(audio, (np.ndarray, torch.Tensor)):
         return audio
-    raise TypeError(f"audio must be a path, numpy array or torch tensor, got {type(audio).__name__}")
+    raise TypeError(f"audio must be a path, numpy array or tensor, got {type(audio).__name__}")

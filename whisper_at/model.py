@@ -7,6 +7,7 @@ temperature fallback and word timestamps, which openai-whisper would each re-enc
 """
 
 import threading
+from contextlib import contextmanager
 from typing import Callable, List, Optional, Tuple, Union
 
 import numpy as np
@@ -128,7 +129,7 @@ class WhisperAT(Whisper):
             mel = mel.unsqueeze(0)
         _TLS.layers = []
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self._short_windows(mel.shape[-1]):
                 features = self.encoder(mel)
             pooled = torch.stack(_TLS.layers, dim=1)
         finally:
@@ -136,6 +137,21 @@ class WhisperAT(Whisper):
         if single:
             return features[0], pooled[0]
         return features, pooled
+
+    @contextmanager
+    def _short_windows(self, n_frames: int):
+        """Let the encoder take windows shorter than 30 s by slicing its positional embedding
+        (tagging-only; the heads were trained on 10 s clips encoded this way)."""
+        full = self.encoder.positional_embedding
+        n_ctx = n_frames // 2
+        if n_frames % 2 or n_ctx >= full.shape[0]:
+            yield
+            return
+        self.encoder.positional_embedding = full[:n_ctx]
+        try:
+            yield
+        finally:
+            self.encoder.positional_embedding = full
 
     def _session(self) -> Optional[_Session]:
         session = self._at_session

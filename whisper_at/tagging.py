@@ -7,9 +7,10 @@ end of the last window, or windows were skipped by ``clip_timestamps``) uses the
 overlaps it most, shifted to stay inside that window; a row no window touches stays NaN.
 """
 
+import itertools
 import math
 import warnings
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -106,37 +107,49 @@ class ChunkTagger:
         return torch.stack(self.features)
 
 
+def mel_windows(
+    mel: Tensor, window_frames: int = N_FRAMES
+) -> Iterator[Tuple[int, Tensor]]:
+    """Consecutive windows (seek, [n_mels, window_frames]) of a log-mel computed with
+    ``padding=N_SAMPLES``; as in transcribe, the last one is zero-padded in log-mel space."""
+    content_frames = mel.shape[-1] - N_FRAMES
+    for seek in range(0, content_frames, window_frames):
+        size = min(window_frames, content_frames - seek)
+        yield seek, pad_or_trim(mel[:, seek : seek + size], window_frames)
+
+
 def tag(
     model,
     audio: Union[str, np.ndarray, Tensor],
     at_time_res: float = TRAINED_TIME_RES,
     batch_size: int = 8,
+    window_seconds: int = 30,
     return_audio_features: bool = False,
 ) -> dict:
-    """Tag audio without transcribing: encoder + TL-TR head on consecutive 30 s windows.
+    """Tag audio without transcribing: encoder + TL-TR head on consecutive windows.
 
-    Returns ``{"audio_tag": [rows, 527], "at_time_res": ..., "duration": seconds}``; on audio of
-    up to 30 s the rows equal those of ``transcribe``.
+    ``window_seconds`` is 30 (Whisper's window; on audio of up to 30 s the rows equal those of
+    ``transcribe``) or 10 (the encoder runs on 10 s with its positional embedding sliced, as the
+    heads were trained; cheaper). Returns ``{"audio_tag": [rows, 527], "at_time_res": ...,
+    "duration": seconds}``.
     """
     if not model.has_at_head:
         raise RuntimeError("this model has no AT head; load one with load_model(..., at_head=...)")
+    if window_seconds not in (10, 30):
+        raise ValueError(f"window_seconds must be 10 or 30, got {window_seconds!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     at_time_res = check_at_time_res(at_time_res)
     audio = as_audio(audio)
     mel = log_mel_spectrogram(audio, model.dims.n_mels, padding=N_SAMPLES)
     content_frames = mel.shape[-1] - N_FRAMES
     tagger = ChunkTagger(model.at_model, content_frames, at_time_res, return_audio_features)
     dtype = next(model.parameters()).dtype
-    seeks = list(range(0, content_frames, N_FRAMES))
-    for i in range(0, len(seeks), batch_size):
-        batch = seeks[i : i + batch_size]
-        # as transcribe does: the last window is zero-padded in log-mel space
-        windows = [
-            pad_or_trim(mel[:, s : s + min(N_FRAMES, content_frames - s)], N_FRAMES)
-            for s in batch
-        ]
-        mels = torch.stack(windows).to(model.device, dtype)
+    windows = mel_windows(mel, window_seconds * 100)
+    while batch := list(itertools.islice(windows, batch_size)):
+        mels = torch.stack([window for _, window in batch]).to(model.device, dtype)
         _, pooled = model.embed_audio_with_layers(mels)
-        for seek, layers in zip(batch, pooled):
+        for (seek, _), layers in zip(batch, pooled):
             tagger.add_window(seek, layers)
     result = {
         "audio_tag": tagger.finish(),
@@ -146,4 +159,3 @@ def tag(
     if return_audio_features:
         result["audio_features_for_at"] = tagger.audio_features()
     return result
-
