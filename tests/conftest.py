@@ -301,8 +301,9 @@ def long_speech_wav(audio_dir: Path) -> Path:
 def noise_wav(audio_dir: Path) -> Path:
     """10 s of repeatable (sox -R) white noise at vol 0.01 (about -45 dBFS RMS).
 
-    At temperature 0 both tiny.en and base hallucinate a repetitive line (compression ratio
-    above 2.4), so transcribe() falls back to temperature 0.2, with or without language="en".
+    At temperature 0, tiny.en and base with language="en" hallucinate a repetitive line
+    (compression ratio > 2.4), so transcribe() falls back to temperature 0.2; base with language
+    detection picks "nn" and does not fall back.
     """
     path = audio_dir / "noise.wav"
     _run(["sox", "-R", "-n", *_sox_out(path), "synth", "10", "whitenoise", "vol", "0.01"])

@@ -200,6 +200,10 @@ def test_load_checkpoint_refuses_pickled_objects(tmp_path: Path):
     torch.save({"weights": torch.zeros(2)}, other)
     with pytest.raises(ValueError, match="not an openai-whisper checkpoint"):
         convert.load_checkpoint(other)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a torch checkpoint"):
+        convert.load_checkpoint(junk)
 
 
 # --- a CT2 writer (mirrors ctranslate2.specs.model_spec.ModelSpec._serialize) ----------

@@ -138,7 +138,7 @@ def read_ct2_model(path: CT2Source) -> Tuple[Dict[str, np.ndarray], dict]:
                 type_id, num_bytes = unpack("BI")
             else:  # older binaries store the item size (float32 or int8/int16 only)
                 item_size, num_items = unpack("BI")
-                type_id, num_bytes = {4: 0, 1: 1, 2: 2}[item_size], item_size * num_items
+                type_id, num_bytes = {4: 0, 1: 1, 2: 2}.get(item_size, -1), item_size * num_items
             if type_id not in _CT2_DTYPES:
                 raise ValueError(f"Unsupported CTranslate2 dtype id {type_id} for {name}")
             array = np.empty(num_bytes // _CT2_DTYPES[type_id].itemsize, _CT2_DTYPES[type_id])
@@ -335,10 +335,14 @@ def _load_openai(path: str) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise ValueError(f"{path} is not a torch checkpoint: {e}") from e
         raise RuntimeError(
             f"{path} is not a plain weights checkpoint (it holds pickled objects that "
             f"weights_only loading refuses): {e}"
         ) from e
+    except (EOFError, KeyError, RuntimeError) as e:  # not a torch zip/pickle file at all
+        raise ValueError(f"{path} is not a torch checkpoint: {e!r}") from e
     if not isinstance(checkpoint, dict) or not {"dims", "model_state_dict"} <= checkpoint.keys():
         raise ValueError(f"{path} is not an openai-whisper checkpoint (dims, model_state_dict)")
     return checkpoint
