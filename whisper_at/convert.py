@@ -183,7 +183,7 @@ def _scalar(variables: Dict[str, np.ndarray], name: str) -> Optional[int]:
 def _num_layers(variables: Dict[str, np.ndarray], prefix: str) -> int:
     pattern = re.compile(rf"^{prefix}/layer_(\d+)/")
     indices = {int(m.group(1)) for name in variables if (m := pattern.match(name))}
-    if indices != set(range(len(indices))):
+    if not indices or indices != set(range(len(indices))):
         raise ValueError(f"Non-contiguous {prefix} layers in CTranslate2 model: {sorted(indices)}")
     return len(indices)
 
@@ -300,8 +300,10 @@ def ct2_to_openai(src: CT2Source) -> dict:
 
 
 def _is_ct2_file(path: str) -> bool:
-    """A model.bin / model.bin.partN file starting with a CT2 binary version (not zip/pickle)."""
-    if os.path.basename(path) != "model.bin" and _part_number(path) < 0:
+    """A model.bin.partN file, or a model.bin starting with a CT2 binary version."""
+    if _part_number(path) >= 0:
+        return True
+    if os.path.basename(path) != "model.bin":
         return False
     with open(path, "rb") as f:
         header = f.read(4)
@@ -332,17 +334,17 @@ def _hf_to_openai(path: str) -> dict:
 
 
 def _load_openai(path: str) -> dict:
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04" and not magic.startswith(b"\x80"):  # torch zip / legacy pickle
+        raise ValueError(f"{path} is not a torch checkpoint (starts with {magic!r})")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():
-            raise ValueError(f"{path} is not a torch checkpoint: {e}") from e
         raise RuntimeError(
             f"{path} is not a plain weights checkpoint (it holds pickled objects that "
             f"weights_only loading refuses): {e}"
         ) from e
-    except (EOFError, KeyError, RuntimeError) as e:  # not a torch zip/pickle file at all
-        raise ValueError(f"{path} is not a torch checkpoint: {e!r}") from e
     if not isinstance(checkpoint, dict) or not {"dims", "model_state_dict"} <= checkpoint.keys():
         raise ValueError(f"{path} is not an openai-whisper checkpoint (dims, model_state_dict)")
     return checkpoint
