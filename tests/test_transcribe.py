@@ -223,3 +223,19 @@ def test_load_model_errors(tiny_en_pt):
     assert not model.has_at_head
     result = model.transcribe(torch.zeros(SAMPLE_RATE), fp16=False)
     assert "audio_tag" not in result
+
+
+def test_multilingual_language_detection_reuses_first_window(base_at, long_speech_wav):
+    """base (multilingual): language detection encodes the first window once for both uses."""
+    plain = whisper.model.Whisper(base_at.dims)
+    plain.load_state_dict(
+        {k: v for k, v in base_at.state_dict().items() if not k.startswith("at_model.")}
+    )
+    plain.register_buffer("alignment_heads", base_at.alignment_heads, persistent=False)
+    audio = load_audio(str(long_speech_wav))[: 35 * SAMPLE_RATE]
+    (expected, actual), (n_plain, n_at) = _both(plain.eval(), base_at, audio, fp16=False)
+    tags = actual.pop("audio_tag")
+    del actual["at_time_res"]
+    assert actual == expected and expected["language"] == "en"
+    assert tags.shape == (4, 527) and torch.isfinite(tags).all()
+    assert n_at == n_plain - 1
