@@ -85,7 +85,7 @@ class ChunkTagger:
         self._run(rows, chunks)
 
     def _run(self, rows: List[int], chunks: List[Tensor]):
-        if not rows:
+        if not rows or self.head is None:  # no head: only features are collected
             return
         with torch.no_grad():
             logits = self.head.forward_chunks(torch.stack(chunks))

@@ -13,7 +13,6 @@ import warnings
 from typing import Union
 
 import numpy as np
-import torch
 from torch import Tensor
 from whisper.audio import N_FRAMES, log_mel_spectrogram
 
@@ -103,21 +102,23 @@ def transcribe(
     at_time_res = check_at_time_res(at_time_res)
     audio = as_audio(audio)
     locator = _WindowLocator()
-    state = {}
+    head = model.at_model if model.has_at_head else None
+    taggers = []
+
+    def new_tagger() -> ChunkTagger:
+        return ChunkTagger(head, locator.content_frames, at_time_res, return_audio_features)
 
     def on_window(segment: Tensor, pooled: Tensor):
-        if "tagger" not in state:
-            head = model.at_model if model.has_at_head else _NoHead()
-            state["tagger"] = ChunkTagger(
-                head, locator.content_frames, at_time_res, return_audio_features
-            )
+        if not taggers:
+            taggers.append(new_tagger())
+        if head is None and not return_audio_features:
+            return
         try:
             seek = locator.locate(segment)
         except LookupError as e:
             warnings.warn(f"audio tagging skipped one window: {e}", stacklevel=2)
             return
-        if model.has_at_head or return_audio_features:
-            state["tagger"].add_window(seek, pooled)
+        taggers[0].add_window(seek, pooled)
 
     model.open_session(on_window)
     try:
@@ -125,9 +126,7 @@ def transcribe(
     finally:
         model.close_session()
 
-    tagger = state.get("tagger") or ChunkTagger(
-        _NoHead(), locator.content_frames, at_time_res, return_audio_features
-    )
+    tagger = taggers[0] if taggers else new_tagger()
     if model.has_at_head:
         result["audio_tag"] = tagger.finish()
         result["at_time_res"] = at_time_res
@@ -135,9 +134,3 @@ def transcribe(
         result["audio_features_for_at"] = tagger.audio_features()
     return result
 
-
-class _NoHead:
-    """Stands in for a missing head when only features are wanted."""
-
-    def forward_chunks(self, chunks: Tensor) -> Tensor:
-        return torch.full((chunks.shape[0], 527), float("nan"))

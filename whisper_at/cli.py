@@ -1,0 +1,297 @@
+"""The ``whisper-at`` command: openai-whisper's CLI plus audio tagging, and sub-commands.
+
+``whisper-at AUDIO... [whisper options] [--at_* options]`` transcribes like ``whisper`` (the
+parser is the one the installed openai-whisper builds, so every option, name and default is
+upstream's) and also writes sound-event outputs (see ``outputs.py``). A first argument naming a
+sub-command (``tag``, ``convert``, ...) runs that module's ``main`` instead; an audio file with
+such a name is reached as ``./tag``.
+"""
+
+import argparse
+import importlib
+import os
+import sys
+import tempfile
+import types
+import warnings
+from typing import List, NamedTuple, Optional
+
+import numpy as np
+import torch
+import whisper.transcribe as _upstream
+from whisper.audio import SAMPLE_RATE
+from whisper.utils import optional_float, optional_int, str2bool  # noqa: F401 (re-exported)
+
+PROG = "whisper-at"
+
+# sub-command -> module whose main(argv) runs it; ``research`` gets the command as argv[0]
+SUBCOMMANDS = {
+    "tag": "whisper_at.tagjob",
+    "convert": "whisper_at.convert",
+    "batch": "whisper_at.batch",
+    "features": "whisper_at.research",
+    "train": "whisper_at.research",
+    "probe": "whisper_at.research",
+    "noise-study": "whisper_at.research",
+    "serve": "whisper_at.serve",
+}
+MULTI_COMMAND_MODULES = {"whisper_at.research"}
+
+WORD_OPTIONS = ["highlight_words", "max_line_count", "max_line_width", "max_words_per_line"]
+
+
+class TagOptions(NamedTuple):
+    """How tags become labels, events and captions (the ``--at_*`` options)."""
+
+    top_k: int = 5
+    threshold: float = -1.0
+    language: str = "follow_asr"
+    speech_events: bool = False
+
+
+class _Captured(Exception):
+    def __init__(self, parser: argparse.ArgumentParser):
+        super().__init__("parser captured")
+        self.parser = parser
+
+
+class _CapturingParser(argparse.ArgumentParser):
+    """Its first ``parse_args`` call hands the parser back instead of reading ``sys.argv``."""
+
+    captured = False
+
+    def parse_args(self, args=None, namespace=None):
+        if not self.captured:
+            self.captured = True
+            raise _Captured(self)
+        return super().parse_args(args, namespace)
+
+
+def upstream_parser() -> argparse.ArgumentParser:
+    """The argument parser of the installed ``whisper`` CLI, built by its own ``cli()`` code.
+
+    ``cli()`` builds its parser inline, so it runs with private globals in which
+    ``argparse.ArgumentParser`` is :class:`_CapturingParser` (nothing global is patched).
+    """
+    fn = _upstream.cli
+    if "argparse" not in fn.__code__.co_names:  # pragma: no cover - upstream changed
+        raise RuntimeError("unsupported openai-whisper version: cli() builds no argparse parser")
+    shim = types.ModuleType("argparse")
+    shim.__dict__.update(argparse.__dict__)
+    shim.ArgumentParser = _CapturingParser
+    scope = dict(fn.__globals__, argparse=shim)
+    bound = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__)
+    try:
+        bound()
+    except _Captured as captured:
+        return captured.parser
+    raise RuntimeError("unsupported openai-whisper version: cli() did not parse arguments")
+
+
+def at_time_res(value: str):
+    """``--at_time_res``: seconds per tag row (an int when whole, as in the Python API)."""
+    number = float(value)
+    return int(number) if number.is_integer() else number
+
+
+def add_tagging_options(parser: argparse.ArgumentParser, language: str = "follow_asr"):
+    """The ``--at_*`` options shared by transcription and ``whisper-at tag``."""
+    group = parser.add_argument_group("audio tagging (Whisper-AT)")
+    add = group.add_argument
+    add("--at_head", type=str, default=None,
+        help="Whisper-AT head file (default: the official head of --model, downloaded)")
+    add("--at_low_compute", action="store_true",
+        help="use the TL-TR-512 head (small, medium and large only)")
+    add("--at_time_res", type=at_time_res, default=10,
+        help="seconds per tag row: a multiple of 0.4, at most 30 (heads were trained at 10)")
+    add("--at_top_k", type=int, default=5, help="report up to this many classes per row")
+    add("--at_threshold", type=float, default=-1,
+        help="report classes with a logit above this (-1: p > 0.27; 0: p > 0.5)")
+    add("--at_language", type=str, default=language,
+        help="language of label names ('follow_asr': the language ASR detected)")
+    add("--at_speech_events", action="store_true",
+        help="include speech classes (Speech, Male speech, ...) in the sound-event timeline")
+    return group
+
+
+def tag_options(args: dict) -> TagOptions:
+    """Pop the label options out of parsed arguments."""
+    return TagOptions(
+        top_k=args.pop("at_top_k"),
+        threshold=args.pop("at_threshold"),
+        language=args.pop("at_language"),
+        speech_events=args.pop("at_speech_events"),
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """openai-whisper's parser with the audio-tagging options and output formats added."""
+    from .outputs import AT_FORMATS
+
+    parser = upstream_parser()
+    parser.prog = PROG
+    parser.description = "Transcribe with openai-whisper and tag AudioSet sound events."
+    parser.epilog = (
+        f"sub-commands (as first argument): {', '.join(SUBCOMMANDS)}; "
+        f"`{PROG} tag --help` etc. An audio file named like a sub-command: ./tag. "
+        f"Output formats {', '.join(AT_FORMATS)} are the sound-event outputs; 'all' includes them."
+    )
+    actions = {action.dest: action for action in parser._actions}
+    actions["model"].help += " (or a local checkpoint file, CTranslate2 or HF directory)"
+    output_format = actions["output_format"]
+    output_format.choices = list(output_format.choices) + list(AT_FORMATS)
+    add_tagging_options(parser)
+    return parser
+
+
+def error(message: str):
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+
+
+def describe_failure(path: str, exc: BaseException) -> str:
+    """One line naming the file and what went wrong."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    return message if path in message else f"{path}: {message}"
+
+
+def load_tagging_model(name: str, args: dict, **kwargs):
+    """``whisper_at.load_model`` from parsed options; None (after an error line) on failure."""
+    import whisper_at
+
+    try:
+        return whisper_at.load_model(
+            name,
+            device=args.pop("device"),
+            download_root=args.pop("model_dir"),
+            at_low_compute=args.pop("at_low_compute"),
+            at_head=args.pop("at_head"),
+            **kwargs,
+        )
+    except Exception as e:
+        error(f"cannot load model {name}: {describe_failure(name, e)}")
+        return None
+
+
+def check_output_dir(output_dir: str) -> Optional[str]:
+    """Create output_dir and check that files can be written there; the problem, if any."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(dir=output_dir, prefix=".whisper-at-check-"))
+    except OSError as e:
+        return f"cannot write to output directory {output_dir}: {e.strerror or e}"
+    return None
+
+
+def report(done: int, failed: List[str], noun: str = "file") -> int:
+    """Exit status of a run over files: non-zero only when nothing succeeded."""
+    if not failed:
+        return 0
+    total = done + len(failed)
+    if done == 0:
+        error(f"none of the {total} {noun}s succeeded")
+        return 1
+    error(f"{len(failed)} of {total} {noun}s failed: {', '.join(failed)}")
+    return 0
+
+
+def _subcommand(argv: List[str]) -> int:
+    command, rest = argv[0], argv[1:]
+    module_name = SUBCOMMANDS[command]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            raise
+        error(f"sub-command {command!r} is not available in this installation ({module_name})")
+        return 2
+    if module_name in MULTI_COMMAND_MODULES:
+        rest = [command] + rest
+    status = module.main(rest)
+    return status if isinstance(status, int) else 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run ``whisper-at``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return _subcommand(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv).__dict__
+    return transcribe_files(parser, args)
+
+
+def transcribe_files(parser: argparse.ArgumentParser, args: dict) -> int:
+    """The part of openai-whisper's ``cli()`` after parsing, with per-file error handling."""
+    from . import outputs
+
+    model_name: str = args.pop("model")
+    output_dir: str = args.pop("output_dir")
+    output_format: str = args.pop("output_format")
+    time_res = args.pop("at_time_res")
+    options = tag_options(args)
+
+    if model_name.endswith(".en") and args["language"] not in {"en", "English"}:
+        if args["language"] is not None:
+            warnings.warn(
+                f"{model_name} is an English-only model but receipted '{args['language']}'; "
+                "using English instead."
+            )
+        args["language"] = "en"
+
+    temperature = args.pop("temperature")
+    if (increment := args.pop("temperature_increment_on_fallback")) is not None:
+        temperature = tuple(np.arange(temperature, 1.0 + 1e-6, increment))
+    else:
+        temperature = [temperature]
+
+    if (threads := args.pop("threads")) > 0:
+        torch.set_num_threads(threads)
+
+    if not args["word_timestamps"]:
+        for option in WORD_OPTIONS:
+            if args[option]:
+                parser.error(f"--{option} requires --word_timestamps True")
+    if args["max_line_count"] and not args["max_line_width"]:
+        warnings.warn("--max_line_count has no effect without --max_line_width")
+    if args["max_words_per_line"] and args["max_line_width"]:
+        warnings.warn("--max_words_per_line has no effect with --max_line_width")
+    writer_args = {arg: args.pop(arg) for arg in WORD_OPTIONS}
+
+    if output_format == "png" and not outputs.have_matplotlib():
+        error("--output_format png needs matplotlib: pip install 'whisper-at[plot]'")
+        return 2
+    problem = check_output_dir(output_dir)
+    if problem:
+        error(problem)
+        return 2
+    model = load_tagging_model(model_name, args)
+    if model is None:
+        return 2
+    if not model.has_at_head and output_format in outputs.AT_FORMATS:
+        error(f"--output_format {output_format} needs an audio-tagging head: pass --at_head PATH")
+        return 2
+
+    from .audio_io import load_audio
+    from .transcribe import transcribe
+
+    done, failed = 0, []
+    for audio_path in args.pop("audio"):
+        try:
+            audio = load_audio(audio_path)
+            if audio.size == 0:
+                raise ValueError(f"{audio_path}: audio is empty (0 samples decoded)")
+            result = transcribe(model, audio, temperature=temperature, at_time_res=time_res, **args)
+            outputs.write_outputs(
+                result,
+                audio_path,
+                output_dir,
+                output_format,
+                writer_args,
+                options,
+                duration=audio.shape[-1] / SAMPLE_RATE,
+            )
+            done += 1
+        except Exception as e:
+            error(describe_failure(audio_path, e))
+            failed.append(audio_path)
+    return report(done, failed)
