@@ -239,3 +239,16 @@ def test_multilingual_language_detection_reuses_first_window(base_at, long_speec
     assert actual == expected and expected["language"] == "en"
     assert tags.shape == (4, 527) and torch.isfinite(tags).all()
     assert n_at == n_plain - 1
+
+
+def test_clip_timestamps_leave_unheard_rows_nan(tiny_plain, tiny_at, long_speech_wav):
+    """Windows cut short by clip_timestamps are located by content; rows no clip covers are NaN."""
+    (expected, actual), _ = _both(
+        tiny_plain, tiny_at, str(long_speech_wav), fp16=False, clip_timestamps="5,25,40,52"
+    )
+    tags = actual.pop("audio_tag")
+    del actual["at_time_res"]
+    assert actual == expected
+    analysed = ~torch.isnan(tags).any(dim=1)
+    assert analysed.tolist() == [True, True, True, False, True, True, False]
+    assert not torch.isnan(tags[analysed]).any()

@@ -61,18 +61,20 @@ class ChunkTagger:
         self.pending: Dict[int, Tuple[int, Tensor]] = {}  # row -> (overlap, chunk)
         self.features: Optional[List[Tensor]] = [] if keep_features else None
 
-    def add_window(self, seek: int, pooled: Tensor):
-        """Take the pooled features [n_layer, 75, d] of the window starting at mel frame seek."""
+    def add_window(self, seek: int, pooled: Tensor, valid_frames: Optional[int] = None):
+        """Take the pooled features [n_layer, 75, d] of the window starting at mel frame seek,
+        whose first ``valid_frames`` mel frames are audio (the rest zero padding)."""
         if self.features is not None:
             self.features.append(pooled.float().cpu())
         n_pooled = pooled.shape[1]
         span = n_pooled * MEL_PER_POOLED
+        valid = span if valid_frames is None else min(valid_frames, span)
         first = max(0, seek // self.res_frames)
-        last = min(self.n_rows, -(-(seek + span) // self.res_frames))
+        last = min(self.n_rows, -(-(seek + valid) // self.res_frames))
         rows, chunks = [], []
         for k in range(first, last):
             start = k * self.res_frames
-            overlap = min(start + self.res_frames, seek + span) - max(start, seek)
+            overlap = min(start + self.res_frames, seek + valid) - max(start, seek)
             if self.done[k] or overlap <= 0:
                 continue
             offset = math.floor((start - seek) / MEL_PER_POOLED + 0.5)

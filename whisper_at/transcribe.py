@@ -10,7 +10,7 @@ that records its result (same code object, private globals; nothing global is pa
 import importlib
 import types
 import warnings
-from typing import Union
+from typing import Tuple, Union
 
 import numpy as np
 from torch import Tensor
@@ -37,7 +37,8 @@ class _WindowLocator:
     def content_frames(self) -> int:
         return self.mel.shape[-1] - N_FRAMES
 
-    def locate(self, segment: Tensor) -> int:
+    def locate(self, segment: Tensor) -> Tuple[int, int]:
+        """(seek, number of audio frames) of a decoded window."""
         mel = self.mel
         if (
             segment.device == mel.device
@@ -46,12 +47,13 @@ class _WindowLocator:
             and segment.untyped_storage().data_ptr() == mel.untyped_storage().data_ptr()
         ):  # a full window is a view into the full log-mel
             seek = segment.storage_offset() - mel.storage_offset()
+            valid = segment.shape[-1]
         else:
-            seek = self._search(segment)
+            seek, valid = self._search(segment)
         self.last_seek = seek
-        return seek
+        return seek, min(valid, self.content_frames - seek)
 
-    def _search(self, segment: Tensor) -> int:
+    def _search(self, segment: Tensor) -> Tuple[int, int]:
         """Exact content match of a (zero-padded) window against the full log-mel."""
         if segment.dtype not in self._cast:
             self._cast[segment.dtype] = self.mel.to(segment.dtype)
@@ -64,7 +66,7 @@ class _WindowLocator:
             same = (segment[:, :n] == mel[:, seek : seek + n]).all(dim=0)
             n_same = n if bool(same.all()) else int(same.int().argmin())
             if not segment[:, n_same:].any():
-                return seek
+                return seek, n_same
         raise LookupError("decoded window not found in the log-mel spectrogram")
 
 
@@ -114,11 +116,11 @@ def transcribe(
         if head is None and not return_audio_features:
             return
         try:
-            seek = locator.locate(segment)
+            seek, valid = locator.locate(segment)
         except LookupError as e:
             warnings.warn(f"audio tagging skipped one window: {e}", stacklevel=2)
             return
-        taggers[0].add_window(seek, pooled)
+        taggers[0].add_window(seek, pooled, valid)
 
     model.open_session(on_window)
     try:
