@@ -44,7 +44,7 @@ def check_at_time_res(at_time_res) -> float:
             "may tag less accurately (ASR is not affected)",
             stacklevel=3,
         )
-    return value
+    return at_time_res if isinstance(at_time_res, int) else value
 
 
 class ChunkTagger:
