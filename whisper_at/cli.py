@@ -14,13 +14,14 @@ import sys
 import tempfile
 import types
 import warnings
-from typing import List, NamedTuple, Optional
+from typing import List, Optional
 
 import numpy as np
 import torch
-import whisper.transcribe as _upstream
 from whisper.audio import SAMPLE_RATE
-from whisper.utils import optional_float, optional_int, str2bool  # noqa: F401 (re-exported)
+
+from . import outputs
+from .outputs import AT_FORMATS, TagOptions
 
 PROG = "whisper-at"
 
@@ -38,15 +39,6 @@ SUBCOMMANDS = {
 MULTI_COMMAND_MODULES = {"whisper_at.research"}
 
 WORD_OPTIONS = ["highlight_words", "max_line_count", "max_line_width", "max_words_per_line"]
-
-
-class TagOptions(NamedTuple):
-    """How tags become labels, events and captions (the ``--at_*`` options)."""
-
-    top_k: int = 5
-    threshold: float = -1.0
-    language: str = "follow_asr"
-    speech_events: bool = False
 
 
 class _Captured(Exception):
@@ -73,7 +65,7 @@ def upstream_parser() -> argparse.ArgumentParser:
     ``cli()`` builds its parser inline, so it runs with private globals in which
     ``argparse.ArgumentParser`` is :class:`_CapturingParser` (nothing global is patched).
     """
-    fn = _upstream.cli
+    fn = importlib.import_module("whisper.transcribe").cli
     if "argparse" not in fn.__code__.co_names:  # pragma: no cover - upstream changed
         raise RuntimeError("unsupported openai-whisper version: cli() builds no argparse parser")
     shim = types.ModuleType("argparse")
@@ -88,10 +80,28 @@ def upstream_parser() -> argparse.ArgumentParser:
     raise RuntimeError("unsupported openai-whisper version: cli() did not parse arguments")
 
 
-def at_time_res(value: str):
-    """``--at_time_res``: seconds per tag row (an int when whole, as in the Python API)."""
+def at_time_res(value: str) -> float:
+    """``--at_time_res``: seconds per tag row, checked as the Python API checks it."""
+    from .tagging import check_at_time_res
+
+    try:
+        return check_at_time_res(float(value))
+    except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return number
+
+
+def logit(value: str) -> float:
     number = float(value)
-    return int(number) if number.is_integer() else number
+    if number != number:
+        raise argparse.ArgumentTypeError("must be a number (or -inf), not NaN")
+    return number
 
 
 def add_tagging_options(parser: argparse.ArgumentParser, language: str = "follow_asr"):
@@ -99,13 +109,13 @@ def add_tagging_options(parser: argparse.ArgumentParser, language: str = "follow
     group = parser.add_argument_group("audio tagging (Whisper-AT)")
     add = group.add_argument
     add("--at_head", type=str, default=None,
-        help="Whisper-AT head file (default: the official head of --model, downloaded)")
+        help="Whisper-AT head file; None: the official head of --model (downloaded)")
     add("--at_low_compute", action="store_true",
         help="use the TL-TR-512 head (small, medium and large only)")
     add("--at_time_res", type=at_time_res, default=10,
         help="seconds per tag row: a multiple of 0.4, at most 30 (heads were trained at 10)")
-    add("--at_top_k", type=int, default=5, help="report up to this many classes per row")
-    add("--at_threshold", type=float, default=-1,
+    add("--at_top_k", type=positive_int, default=5, help="report up to this many classes per row")
+    add("--at_threshold", type=logit, default=-1,
         help="report classes with a logit above this (-1: p > 0.27; 0: p > 0.5)")
     add("--at_language", type=str, default=language,
         help="language of label names ('follow_asr': the language ASR detected)")
@@ -126,8 +136,6 @@ def tag_options(args: dict) -> TagOptions:
 
 def build_parser() -> argparse.ArgumentParser:
     """openai-whisper's parser with the audio-tagging options and output formats added."""
-    from .outputs import AT_FORMATS
-
     parser = upstream_parser()
     parser.prog = PROG
     parser.description = "Transcribe with openai-whisper and tag AudioSet sound events."
@@ -168,7 +176,7 @@ def load_tagging_model(name: str, args: dict, **kwargs):
             **kwargs,
         )
     except Exception as e:
-        error(f"cannot load model {name}: {describe_failure(name, e)}")
+        error(f"cannot load model {name}: {' '.join(str(e).split()) or type(e).__name__}")
         return None
 
 
@@ -220,42 +228,46 @@ def main(argv: Optional[List[str]] = None) -> int:
     return transcribe_files(parser, args)
 
 
-def transcribe_files(parser: argparse.ArgumentParser, args: dict) -> int:
-    """The part of openai-whisper's ``cli()`` after parsing, with per-file error handling."""
-    from . import outputs
-
-    model_name: str = args.pop("model")
-    output_dir: str = args.pop("output_dir")
-    output_format: str = args.pop("output_format")
-    time_res = args.pop("at_time_res")
-    options = tag_options(args)
-
+def transcribe_options(parser: argparse.ArgumentParser, args: dict, model_name: str) -> dict:
+    """Pop openai-whisper's post-parse options out of args as its ``cli()`` does (English-only
+    models, the temperature fallback schedule, word options); returns the writer options."""
     if model_name.endswith(".en") and args["language"] not in {"en", "English"}:
         if args["language"] is not None:
             warnings.warn(
                 f"{model_name} is an English-only model but receipted '{args['language']}'; "
-                "using English instead."
+                "using English instead.",
+                stacklevel=1,
             )
         args["language"] = "en"
 
     temperature = args.pop("temperature")
     if (increment := args.pop("temperature_increment_on_fallback")) is not None:
-        temperature = tuple(np.arange(temperature, 1.0 + 1e-6, increment))
+        args["temperature"] = tuple(np.arange(temperature, 1.0 + 1e-6, increment))
     else:
-        temperature = [temperature]
-
-    if (threads := args.pop("threads")) > 0:
-        torch.set_num_threads(threads)
+        args["temperature"] = [temperature]
 
     if not args["word_timestamps"]:
         for option in WORD_OPTIONS:
             if args[option]:
                 parser.error(f"--{option} requires --word_timestamps True")
     if args["max_line_count"] and not args["max_line_width"]:
-        warnings.warn("--max_line_count has no effect without --max_line_width")
+        warnings.warn("--max_line_count has no effect without --max_line_width", stacklevel=1)
     if args["max_words_per_line"] and args["max_line_width"]:
-        warnings.warn("--max_words_per_line has no effect with --max_line_width")
-    writer_args = {arg: args.pop(arg) for arg in WORD_OPTIONS}
+        warnings.warn("--max_words_per_line has no effect with --max_line_width", stacklevel=1)
+    return {arg: args.pop(arg) for arg in WORD_OPTIONS}
+
+
+def transcribe_files(parser: argparse.ArgumentParser, args: dict) -> int:
+    """The part of openai-whisper's ``cli()`` after parsing, with per-file error handling."""
+    model_name: str = args.pop("model")
+    output_dir: str = args.pop("output_dir")
+    output_format: str = args.pop("output_format")
+    time_res = args.pop("at_time_res")
+    options = tag_options(args)
+
+    if (threads := args.pop("threads")) > 0:
+        torch.set_num_threads(threads)
+    writer_args = transcribe_options(parser, args, model_name)
 
     if output_format == "png" and not outputs.have_matplotlib():
         error("--output_format png needs matplotlib: pip install 'whisper-at[plot]'")
@@ -280,7 +292,7 @@ def transcribe_files(parser: argparse.ArgumentParser, args: dict) -> int:
             audio = load_audio(audio_path)
             if audio.size == 0:
                 raise ValueError(f"{audio_path}: audio is empty (0 samples decoded)")
-            result = transcribe(model, audio, temperature=temperature, at_time_res=time_res, **args)
+            result = transcribe(model, audio, at_time_res=time_res, **args)
             outputs.write_outputs(
                 result,
                 audio_path,

@@ -1,0 +1,263 @@
+"""``whisper-at tag``: tag many files without transcribing, one JSONL line per file.
+
+Windows of all files share encoder batches (``--batch_size`` windows per call); the next files
+are decoded in a background thread while the model runs. Each file's line is appended and
+flushed as soon as its last window is tagged; a failing file gets an ``{"path", "error"}`` line
+and the run goes on. ``--resume`` skips the files that already have a successful line.
+"""
+
+import argparse
+import json
+import os
+import sys
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Deque, Iterable, List, Optional, Set, Tuple
+
+import torch
+from tqdm import tqdm
+from whisper.audio import N_FRAMES, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
+from whisper.utils import optional_int, str2bool
+
+from .audio_io import load_audio
+from .cli import (
+    PROG,
+    add_tagging_options,
+    describe_failure,
+    error,
+    load_tagging_model,
+    positive_int,
+    report,
+    tag_options,
+)
+from .outputs import TagOptions, active_classes, row_times, sound_events
+from .tagging import ChunkTagger, mel_windows
+
+EXTENSIONS = "wav,mp3,flac,ogg,opus,m4a,aac,wma,webm,mp4,mkv,mov,aiff,aif"
+PREFETCH = 2  # files decoded ahead of the model
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="whisper-at tag",
+        description="Tag AudioSet sound events in audio files (no transcription); "
+        "one JSON line per file.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add("inputs", nargs="+", help="audio files, or directories searched recursively")
+    add("--model", default="small", help="Whisper model name or local checkpoint/directory")
+    add("--model_dir", type=str, default=None, help="where model files are cached")
+    add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    add("--batch_size", type=positive_int, default=8, help="windows per encoder call, across files")
+    add("--at_window", type=int, default=30, choices=[30, 10],
+        help="encoder window in seconds: 30 (as transcribe) or 10 (as the heads were trained)")
+    add("--extensions", default=EXTENSIONS, help="comma-separated extensions for directories")
+    add("--output", default="tags.jsonl", help="JSON lines file, appended to")
+    add("--resume", action="store_true", help="skip files with a successful line in --output")
+    add("--threads", type=optional_int, default=0, help="torch CPU threads (0: torch's default)")
+    add("--verbose", type=str2bool, default=True, help="show progress bars")
+    add_tagging_options(parser, language="en")
+    return parser
+
+
+def find_audio(inputs: Iterable[str], extensions: Iterable[str]) -> List[str]:
+    """Files given, plus files under directories given whose extension is listed (sorted)."""
+    suffixes = tuple("." + e.strip().lower().lstrip(".") for e in extensions if e.strip())
+    found = []
+    for item in inputs:
+        if not os.path.isdir(item):
+            found.append(item)
+            continue
+        for root, dirs, files in os.walk(item):
+            dirs.sort()
+            found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(suffixes)]
+    return found
+
+
+def _key(path: str) -> str:
+    return os.path.normcase(os.path.abspath(path))
+
+
+def done_paths(output: str) -> Set[str]:
+    """Files that already have a successful line in output (unreadable lines are ignored)."""
+    done = set()
+    if not os.path.exists(output):
+        return done
+    with open(output, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and "path" in record and "error" not in record:
+                done.add(_key(record["path"]))
+    return done
+
+
+def _unfinished(path: str) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return False
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
+
+
+class _File:
+    """One file's windows on their way through the encoder."""
+
+    def __init__(self, path: str, mel: torch.Tensor, duration: float, window_frames: int,
+                 at_time_res: float, head):
+        self.path = path
+        self.duration = duration
+        self.windows = list(mel_windows(mel, window_frames))
+        self.remaining = len(self.windows)
+        self.tagger = ChunkTagger(head, mel.shape[-1] - N_FRAMES, at_time_res)
+
+
+def _decode(path: str, n_mels: int) -> Tuple[torch.Tensor, float]:
+    audio = load_audio(path)
+    if audio.size == 0:
+        raise ValueError(f"{path}: audio is empty (0 samples decoded)")
+    return log_mel_spectrogram(audio, n_mels, padding=N_SAMPLES), audio.shape[-1] / SAMPLE_RATE
+
+
+def record(path: str, duration: float, audio_tag: torch.Tensor, at_time_res: float,
+           options: TagOptions) -> dict:
+    """The JSONL line of a tagged file."""
+    from .labels import NUM_CLASSES, label_names
+
+    names = label_names(options.language)
+    rows = active_classes(audio_tag, range(NUM_CLASSES), options.top_k, options.threshold)
+    tags = [
+        {"start": start, "end": end, "tags": [[names[c], round(v, 6)] for c, v in top]}
+        for (start, end), top in zip(row_times(len(rows), at_time_res, duration), rows)
+    ]
+    events = sound_events(audio_tag, at_time_res, duration, options)
+    for event in events:
+        event["label"] = names[event["index"]]
+    return {"path": path, "duration": round(duration, 3), "at_time_res": at_time_res,
+            "tags": tags, "events": events}
+
+
+class TagJob:
+    """Runs files through the encoder in shared batches and writes their lines."""
+
+    def __init__(self, model, out, batch_size: int, window_seconds: int, at_time_res: float,
+                 options: TagOptions, progress: bool):
+        self.model = model
+        self.out = out
+        self.batch_size = batch_size
+        self.window_frames = window_seconds * 100
+        self.at_time_res = at_time_res
+        self.options = options
+        self.dtype = next(model.parameters()).dtype
+        self.done, self.failed = 0, []
+        self.files_bar = tqdm(unit="file", desc="files", disable=not progress, position=0)
+        self.seconds_bar = tqdm(unit="s", desc="audio", disable=not progress, position=1,
+                                total=0, bar_format="{desc}: {n:.0f}/{total:.0f} s {rate_fmt}")
+
+    def write(self, line: dict):
+        self.out.write(json.dumps(line, ensure_ascii=False) + "\n")
+        self.out.flush()
+        self.files_bar.update(1)
+
+    def fail(self, path: str, exc: BaseException):
+        message = describe_failure(path, exc)
+        tqdm.write(f"{PROG}: error: {message}", file=sys.stderr)
+        self.failed.append(path)
+        self.write({"path": path, "error": message})
+
+    def _finish(self, job: _File):
+        try:
+            line = record(job.path, job.duration, job.tagger.finish(), self.at_time_res,
+                          self.options)
+        except Exception as e:
+            self.fail(job.path, e)
+            return
+        self.write(line)
+        self.done += 1
+        self.seconds_bar.update(job.duration)
+
+    def _encode(self, batch: List[Tuple[_File, int, torch.Tensor]]):
+        """Encode a batch and hand each window to its file; a failure fails those files."""
+        try:
+            mels = torch.stack([window for _, _, window in batch])
+            _, pooled = self.model.embed_audio_with_layers(mels.to(self.model.device, self.dtype))
+            for (job, seek, _), layers in zip(batch, pooled):
+                job.tagger.add_window(seek, layers)
+        except Exception as e:
+            for job in {id(job): job for job, _, _ in batch}.values():
+                if job.remaining > 0:
+                    job.remaining = -1
+                    self.fail(job.path, e)
+            return
+        for job, _, _ in batch:
+            job.remaining -= 1
+            if job.remaining == 0:
+                self._finish(job)
+
+    def run(self, paths: List[str]):
+        self.files_bar.reset(total=len(paths))
+        n_mels = self.model.dims.n_mels
+        queue: Deque[Tuple[str, Future]] = deque()
+        pending: List[Tuple[_File, int, torch.Tensor]] = []
+        todo = iter(paths)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            while True:
+                while len(queue) < PREFETCH and (path := next(todo, None)) is not None:
+                    queue.append((path, pool.submit(_decode, path, n_mels)))
+                if len(pending) >= self.batch_size or (pending and not queue):
+                    self._encode(pending[: self.batch_size])
+                    pending = [item for item in pending[self.batch_size :] if item[0].remaining > 0]
+                    continue
+                if not queue:
+                    break
+                path, future = queue.popleft()
+                try:
+                    mel, duration = future.result()
+                    job = _File(path, mel, duration, self.window_frames, self.at_time_res,
+                                self.model.at_model)
+                except Exception as e:
+                    self.fail(path, e)
+                    continue
+                self.seconds_bar.total += duration
+                pending += [(job, seek, window) for seek, window in job.windows]
+                job.windows = None
+        self.files_bar.close()
+        self.seconds_bar.close()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run ``whisper-at tag``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv).__dict__
+    time_res = args.pop("at_time_res")
+    options = tag_options(args)
+    paths = find_audio(args["inputs"], args["extensions"].split(","))
+    if args["resume"]:
+        done = done_paths(args["output"])
+        paths = [p for p in paths if _key(p) not in done]
+    if args["threads"] > 0:
+        torch.set_num_threads(args["threads"])
+    try:
+        out = open(args["output"], "a", encoding="utf-8")
+    except OSError as e:
+        error(f"cannot write {args['output']}: {e.strerror or e}")
+        return 2
+    with out:
+        if _unfinished(args["output"]):  # a line cut short by an interrupted run
+            out.write("\n")
+        if not paths:
+            return 0
+        model = load_tagging_model(args["model"], args)
+        if model is None:
+            return 2
+        if not model.has_at_head:
+            error(f"model {args['model']} has no audio-tagging head: pass --at_head PATH")
+            return 2
+        job = TagJob(model, out, args["batch_size"], args["at_window"], time_res, options,
+                     args["verbose"])
+        job.run(paths)
+    return report(job.done, job.failed)
