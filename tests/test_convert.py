@@ -52,6 +52,12 @@ def tiny_en_checkpoint(ct2_tiny_en_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
+def tiny_en_text(tiny_en_checkpoint, speech_wav, speech_text) -> str:
+    """What the CT2-converted tiny.en hears in speech_wav (checked against speech_text)."""
+    return _assert_transcribes(_model(tiny_en_checkpoint), speech_wav, speech_text)["text"]
+
+
+@pytest.fixture(scope="module")
 def base_checkpoint(ct2_base_dir: Path) -> dict:
     return convert.ct2_to_openai(str(ct2_base_dir))
 
@@ -93,7 +99,7 @@ def test_missing_parts_are_reported(ct2_base_dir: Path, tmp_path: Path):
         convert.read_ct2_model(str(gap))
 
 
-def test_tiny_en_strict_load_and_transcribe(tiny_en_checkpoint, speech_wav, speech_text):
+def test_tiny_en_strict_load_and_transcribe(tiny_en_checkpoint, tiny_en_text):
     assert tiny_en_checkpoint["dims"] == dict(
         n_mels=80,
         n_audio_ctx=1500,
@@ -111,7 +117,7 @@ def test_tiny_en_strict_load_and_transcribe(tiny_en_checkpoint, speech_wav, spee
     assert list(state) == list(reference)
     for name, value in state.items():
         assert value.dtype == torch.float16 and value.shape == reference[name].shape, name
-    _assert_transcribes(_model(tiny_en_checkpoint), speech_wav, speech_text)
+    assert tiny_en_text  # the fixture transcribed speech_wav with the converted model
 
 
 def test_base_from_split_parts(base_checkpoint, speech_wav, speech_text):
@@ -172,7 +178,7 @@ def test_detect_format(ct2_tiny_en_dir, ct2_base_dir, tiny_en_pt, tmp_path: Path
     (hf / "config.json").write_text("{}")
     (hf / "model.safetensors").write_bytes(b"")
     assert convert.detect_format(hf) == "hf"
-    with pytest.raises(NotImplementedError, match="issue 5"):
+    with pytest.raises(ValueError, match="model_type is None, not 'whisper'"):
         convert.load_checkpoint(hf)
 
     missing = tmp_path / "does-not-exist"
@@ -271,3 +277,137 @@ def test_rejects_other_ct2_specs(tmp_path: Path):
     (tmp_path / "model.bin").write_bytes(_write_ct2({}, {}, spec="TransformerSpec"))
     with pytest.raises(ValueError, match="Not a CTranslate2 Whisper model"):
         convert.read_ct2_model(tmp_path)
+
+
+# --- transformers layout and the CLI --------------------------------------------------------
+
+
+def _forward(model, mel: torch.Tensor, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(encoder output, decoder logits) of an openai-whisper or transformers model."""
+    with torch.no_grad():
+        if isinstance(model, Whisper):
+            audio = model.encoder(mel)
+            return audio, model.decoder(tokens, audio)
+        out = model(input_features=mel, decoder_input_ids=tokens)
+        return out.encoder_last_hidden_state, out.logits
+
+
+def test_hf_round_trip_through_transformers(
+    tiny_en_checkpoint, tiny_en_text, tmp_path, speech_wav, speech_text
+):
+    from transformers import WhisperForConditionalGeneration
+
+    written = tmp_path / "written"
+    convert.openai_to_hf(tiny_en_checkpoint, written)
+    files = ["config.json", "generation_config.json", "model.safetensors"]
+    assert sorted(os.listdir(written)) == files
+    hf, info = WhisperForConditionalGeneration.from_pretrained(
+        written, dtype=torch.float32, output_loading_info=True
+    )
+    assert not any(info.values()), info  # no missing, unexpected or mismatched weights
+    saved = tmp_path / "saved"
+    hf.save_pretrained(saved, max_shard_size="40MB")  # fp32, sharded with an index
+    assert convert.detect_format(saved) == "hf"
+    assert (saved / "model.safetensors.index.json").exists()
+    back = convert.load_checkpoint(saved)
+    assert back["dims"] == tiny_en_checkpoint["dims"]
+    assert torch.equal(back["alignment_heads"], tiny_en_checkpoint["alignment_heads"])
+    assert list(back["model_state_dict"]) == list(tiny_en_checkpoint["model_state_dict"])
+
+    original, converted = _model(tiny_en_checkpoint), _model(back)
+    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(whisper.load_audio(str(speech_wav))))
+    tokenizer = whisper.tokenizer.get_tokenizer(multilingual=False)
+    prompt = list(tokenizer.sot_sequence_including_notimestamps) + tokenizer.encode(speech_text)
+    tokens = torch.tensor([prompt])
+    audio, logits = _forward(original, mel[None], tokens)
+    for model in (hf.eval(), converted):
+        model_audio, model_logits = _forward(model, mel[None], tokens)
+        torch.testing.assert_close(model_audio, audio, atol=1e-4, rtol=0)
+        torch.testing.assert_close(model_logits, logits, atol=1e-4, rtol=0)
+    result = whisper.transcribe(converted, str(speech_wav), fp16=False, temperature=0.0)
+    assert result["text"] == tiny_en_text
+
+
+@pytest.fixture(scope="module")
+def hf_state(tiny_en_checkpoint) -> Dict[str, torch.Tensor]:
+    return {convert._hf_key(k): v for k, v in tiny_en_checkpoint["model_state_dict"].items()}
+
+
+def test_hf_pytorch_bin_without_generation_config(tiny_en_checkpoint, hf_state, tmp_path):
+    convert.openai_to_hf(tiny_en_checkpoint, tmp_path)
+    (tmp_path / "generation_config.json").unlink()
+    (tmp_path / "model.safetensors").unlink()
+    # as WhisperModel saves it: no "model." prefix; proj_out only in the ...Generation class
+    torch.save({k[len("model.") :]: v for k, v in hf_state.items()}, tmp_path / "pytorch_model.bin")
+    back = convert.load_checkpoint(tmp_path)
+    for name, value in tiny_en_checkpoint["model_state_dict"].items():
+        assert torch.equal(back["model_state_dict"][name], value), name
+    # no generation_config.json: tiny.en's dims select openai-whisper's tiny.en heads
+    assert torch.equal(back["alignment_heads"], _openai_alignment_heads("tiny.en", back["dims"]))
+    (tmp_path / "generation_config.json").write_text(json.dumps({"alignment_heads": [[3, 5]]}))
+    assert convert.load_checkpoint(tmp_path)["alignment_heads"].nonzero().tolist() == [[3, 5]]
+
+
+def test_hf_problems_are_named(tiny_en_checkpoint, hf_state, tmp_path):
+    from safetensors.torch import save_file
+
+    convert.openai_to_hf(tiny_en_checkpoint, tmp_path)
+    state = {k: v for k, v in hf_state.items() if "layers.2.fc1.bias" not in k}
+    state["proj_out.weight"] = state["model.decoder.embed_tokens.weight"] + 1
+    state["classifier.weight"] = torch.zeros(2)
+    save_file(state, tmp_path / "model.safetensors")
+    message = (
+        r"not a Whisper model: model.encoder.layers.2.fc1.bias: missing, expected \(1536,\); "
+        r"model.decoder.layers.2.fc1.bias: missing.*; proj_out.weight differs from embed_tokens "
+        r"\(openai-whisper ties them\); classifier.weight: unexpected$"
+    )
+    with pytest.raises(ValueError, match=message):
+        convert.load_checkpoint(tmp_path)
+
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(dict(config, decoder_ffn_dim=3072)))
+    with pytest.raises(ValueError, match=r"ffn dims 4 x d_model = 1536.*got ffn \(1536, 3072\)"):
+        convert.load_checkpoint(tmp_path)
+    del config["decoder_layers"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="config.json has no 'decoder_layers'"):
+        convert.load_checkpoint(tmp_path)
+
+
+def test_convert_cli(ct2_tiny_en_dir, tiny_en_checkpoint, tmp_path, capsys):
+    dst = tmp_path / "tiny.en.pt"
+    assert convert.main([str(ct2_tiny_en_dir), str(dst)]) == 0
+    assert "(ct2, 4+4 layers of 384)" in capsys.readouterr().out
+    assert os.listdir(tmp_path) == ["tiny.en.pt"]  # written via a temp file, renamed
+    loaded = convert.load_checkpoint(dst)
+    assert loaded["dims"] == tiny_en_checkpoint["dims"]
+    assert torch.equal(loaded["alignment_heads"], tiny_en_checkpoint["alignment_heads"])
+    for name, value in tiny_en_checkpoint["model_state_dict"].items():
+        assert torch.equal(loaded["model_state_dict"][name], value), name
+
+    before = dst.stat().st_mtime_ns
+    with pytest.raises(SystemExit) as exit_info:
+        convert.main([str(ct2_tiny_en_dir), str(dst)])
+    assert exit_info.value.code == 2 and "exists; pass --force" in capsys.readouterr().err
+    assert dst.stat().st_mtime_ns == before
+
+    missing, out = tmp_path / "missing", tmp_path / "out.pt"
+    assert convert.main([str(missing), str(out)]) == 1
+    error = capsys.readouterr().err
+    assert f"whisper-at convert: error: Model checkpoint not found: {missing}" in error
+    assert not out.exists()
+
+    hf_dir = tmp_path / "hf"
+    assert convert.main([str(dst), str(hf_dir), "--to", "hf"]) == 0
+    assert convert.load_checkpoint(hf_dir)["dims"] == tiny_en_checkpoint["dims"]
+
+
+def test_write_atomic_leaves_nothing_on_failure(tmp_path):
+    def write_then_fail(path):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        convert._write_atomic(tmp_path / "out.pt", write_then_fail)
+    assert os.listdir(tmp_path) == []

@@ -60,7 +60,7 @@ def _load_head_state(name, at_low_compute: bool, at_head, download_root: str):
         return weights.load_state_dict(at_head)
     key = weights.head_key(name, at_low_compute)
     if key in weights.HEAD_URLS:
-        return weights.load_state_dict(weights.head_file(name, at_low_compute, download_root))
+        return weights.load_head_file(name, at_low_compute, download_root)
     if at_low_compute and name in weights.HEAD_URLS:
         low = sorted(k[:-4] for k in weights.HEAD_URLS if k.endswith("_low"))
         raise ValueError(

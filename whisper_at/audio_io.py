@@ -1,9 +1,16 @@
-"""Reading audio files: openai-whisper's ffmpeg CLI when it is on PATH, else PyAV."""
+"""Reading audio files: openai-whisper's ffmpeg CLI when it is on PATH, else PyAV.
+
+Both give 16-bit mono samples at 16 kHz as float32. PyAV resamples with libswresample set up as
+the ffmpeg CLI sets it up (a 16-bit internal format for 16-bit sources), so 16-bit WAV/FLAC give
+the CLI's exact samples; compressed formats differ by a few 1/32768 steps where the bundled
+decoders differ from the installed ffmpeg's (docs/loading.md has the measurements).
+"""
 
 import os
 import shutil
+import warnings
 from subprocess import CalledProcessError
-from typing import Union
+from typing import List, Union
 
 import numpy as np
 import torch
@@ -22,8 +29,7 @@ def _check_file(path: str):
         raise IsADirectoryError(f"expected an audio file, got a directory: {path}")
 
 
-def load_audio_pyav(path: str, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode with PyAV (bundled FFmpeg libraries) to mono float32 at ``sr`` Hz."""
+def _import_av():
     try:
         import av
     except ImportError:
@@ -31,19 +37,80 @@ def load_audio_pyav(path: str, sr: int = SAMPLE_RATE) -> np.ndarray:
             "ffmpeg is not on PATH and PyAV is not installed: install ffmpeg, or "
             "`pip install whisper-at[av]`"
         ) from None
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=sr)
-    chunks = []
+    return av
+
+
+def _resampler(av, frame, sr: int):
+    """abuffer -> aresample -> aformat(s16, mono, sr) -> abuffersink for frames like ``frame``."""
+    graph = av.filter.Graph()
+    source = graph.add_abuffer(
+        format=frame.format.name,
+        sample_rate=frame.sample_rate,
+        layout=frame.layout.name,
+        time_base=frame.time_base,
+    )
+    # libswresample's choice in the ffmpeg CLI (<= 7): 16-bit internally when in and out are
+    # 16-bit; newer libraries would pick float, a few steps off the CLI's samples
+    internal = ":internal_sample_fmt=s16p" if frame.format.bytes <= 2 else ""
+    resample = graph.add("aresample", f"{sr}{internal}")
+    output = graph.add("aformat", f"sample_fmts=s16:channel_layouts=mono:sample_rates={sr}")
+    sink = graph.add("abuffersink")
+    source.link_to(resample)
+    resample.link_to(output)
+    output.link_to(sink)
+    graph.configure()
+    return graph
+
+
+def _drain(av, graph, chunks: List[np.ndarray]) -> None:
+    while True:
+        try:
+            chunks.append(graph.pull().to_ndarray().reshape(-1))
+        except (av.BlockingIOError, av.EOFError):
+            return
+
+
+def _frames(av, container, path: str):
+    """Decoded frames of the first audio stream; like the ffmpeg CLI, packets that do not
+    decode are skipped (with a warning), unless none decodes."""
+    skipped, decoded = 0, False
+    for packet in container.demux(container.streams.audio[0]):
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError:
+            skipped += 1
+            continue
+        decoded = decoded or bool(frames)
+        yield from frames
+    if skipped and not decoded:
+        raise RuntimeError(f"cannot decode audio file {path}: no packet decodes")
+    if skipped:
+        warnings.warn(f"{path}: skipped {skipped} packets that do not decode", stacklevel=3)
+
+
+def load_audio_pyav(path: str, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode with PyAV (bundled FFmpeg libraries) to mono float32 at ``sr`` Hz."""
+    av = _import_av()
+    chunks: List[np.ndarray] = []
+    graph, params = None, None
     try:
         with av.open(path, metadata_errors="ignore") as container:
             if not container.streams.audio:
-                raise RuntimeError(f"no audio stream in {path}")
-            for frame in container.decode(audio=0):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
+                raise RuntimeError(f"cannot decode audio file {path}: it has no audio stream")
+            for frame in _frames(av, container, path):
+                frame_params = (frame.format.name, frame.sample_rate, frame.layout.name)
+                if frame_params != params:  # first frame, or the stream changed format
+                    if graph is not None:
+                        graph.push(None)
+                        _drain(av, graph, chunks)
+                    graph, params = _resampler(av, frame, sr), frame_params
+                graph.push(frame)
+                _drain(av, graph, chunks)
+            if graph is not None:
+                graph.push(None)
+                _drain(av, graph, chunks)
     except av.error.FFmpegError as e:
-        raise RuntimeError(f"cannot decode audio file {path}: {e}") from None
+        raise RuntimeError(f"cannot decode audio file {path}: {e.strerror or e}") from None
     if not chunks:
         return np.zeros(0, dtype=np.float32)
     return np.concatenate(chunks).astype(np.float32) / 32768.0
@@ -63,7 +130,10 @@ def load_audio(path: str, sr: int = SAMPLE_RATE) -> np.ndarray:
         detail = ""
         if isinstance(cause, CalledProcessError) and cause.stderr:
             lines = cause.stderr.decode(errors="replace").strip().splitlines()
-            detail = f": {lines[-1]}" if lines else ""
+            last = lines[-1] if lines else ""
+            if last.startswith(path + ": "):
+                last = last[len(path) + 2 :]
+            detail = ": it has no audio stream" if "not contain any stream" in last else f": {last}"
         raise RuntimeError(f"cannot decode audio file {path}{detail}") from e
 
 

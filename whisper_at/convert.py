@@ -1,168 +1,47 @@
-"""Convert CTranslate2 (faster-whisper) Whisper models to openai-whisper checkpoints."""
+"""Convert CTranslate2 (faster-whisper) and HF transformers Whisper models to openai-whisper
+checkpoints, and back to the transformers layout. ``whisper-at convert SRC DST`` is ``main``."""
 
+import argparse
+import base64
+import gzip
 import json
 import os
-import pickle
 import re
-import struct
+import sys
 import tempfile
 from dataclasses import asdict
-from typing import BinaryIO, Dict, List, Optional, Sequence, Tuple, Union
+from functools import partial
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import torch
-from whisper.model import ModelDimensions, sinusoids
+import whisper
+from whisper.model import AudioEncoder, ModelDimensions, TextDecoder, sinusoids
 
-PathLike = Union[str, "os.PathLike[str]"]
-CT2Source = Union[PathLike, Sequence[PathLike]]
+from .ct2 import CT2Source, PathLike, _is_ct2_file, _part_number, read_ct2_model
+from .weights import load_state_dict
 
-# order of the DataType enum in CTranslate2's include/ctranslate2/types.h
-_CT2_DTYPES = {
-    0: np.dtype("<f4"),  # FLOAT32
-    1: np.dtype("i1"),  # INT8
-    2: np.dtype("<i2"),  # INT16
-    3: np.dtype("<i4"),  # INT32
-    4: np.dtype("<f2"),  # FLOAT16
-    5: np.dtype("<u2"),  # BFLOAT16 (raw bits, widened to float32 on read)
+_HF_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+# (n_mels, n_vocab, n_audio_state, n_audio_layer, n_text_layer) of the official models, to give
+# converted ones openai-whisper's alignment heads; large-v1/v2 share dims, so neither is listed
+_OPENAI_SIZES = {
+    (80, 51864, 384, 4, 4): "tiny.en",
+    (80, 51865, 384, 4, 4): "tiny",
+    (80, 51864, 512, 6, 6): "base.en",
+    (80, 51865, 512, 6, 6): "base",
+    (80, 51864, 768, 12, 12): "small.en",
+    (80, 51865, 768, 12, 12): "small",
+    (80, 51864, 1024, 24, 24): "medium.en",
+    (80, 51865, 1024, 24, 24): "medium",
+    (128, 51866, 1280, 32, 32): "large-v3",
+    (128, 51866, 1280, 32, 4): "large-v3-turbo",
 }
-_BFLOAT16 = 5
-_PART_RE = re.compile(r"^model\.bin\.part(\d+)$")
-_HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
-
-class _ChainReader:
-    """Sequential reader over several files, as if they were concatenated."""
-
-    def __init__(self, paths: List[str]):
-        self.paths = list(paths)
-        self.index = 0
-        self.file: Optional[BinaryIO] = open(self.paths[0], "rb")
-
-    def readinto(self, buffer: memoryview) -> int:
-        view = memoryview(buffer).cast("B")
-        filled = 0
-        while filled < len(view) and self.file is not None:
-            n = self.file.readinto(view[filled:])
-            if n:
-                filled += n
-                continue
-            self.file.close()
-            self.index += 1
-            self.file = open(self.paths[self.index], "rb") if self.index < len(self.paths) else None
-        return filled
-
-    def read_exact(self, size: int) -> bytes:
-        data = bytearray(size)
-        if self.readinto(memoryview(data)) != size:
-            raise ValueError(f"Truncated CTranslate2 model: {self.paths}")
-        return bytes(data)
-
-    def at_eof(self) -> bool:
-        return self.readinto(memoryview(bytearray(1))) == 0
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-
-
-def _part_number(path: str) -> int:
-    match = _PART_RE.match(os.path.basename(path))
-    return int(match.group(1)) if match else -1
-
-
-def _ct2_files(src: CT2Source) -> Tuple[List[str], Optional[str]]:
-    """Return the model.bin file(s) to read, in order, and the model directory."""
-    if not isinstance(src, (str, os.PathLike)):
-        paths = [os.fspath(p) for p in src]
-        if not paths:
-            raise ValueError("Empty list of CTranslate2 model parts")
-        for path in paths:
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"CTranslate2 model part not found: {path}")
-        if all(_part_number(p) >= 0 for p in paths):
-            paths.sort(key=_part_number)
-        return paths, os.path.dirname(os.path.abspath(paths[0]))
-
-    path = os.fspath(src)
-    if os.path.isfile(path):
-        directory = os.path.dirname(os.path.abspath(path))
-        if _part_number(path) < 0:
-            return [path], directory
-        path = directory
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"CTranslate2 model not found: {path}")
-    if os.path.isfile(os.path.join(path, "model.bin")):
-        return [os.path.join(path, "model.bin")], path
-    parts = sorted((p for p in os.listdir(path) if _part_number(p) >= 0), key=_part_number)
-    if not parts:
-        raise ValueError(f"No model.bin or model.bin.part* in CTranslate2 directory: {path}")
-    numbers = [_part_number(p) for p in parts]
-    if numbers != list(range(numbers[0], numbers[0] + len(numbers))):
-        raise ValueError(f"Missing CTranslate2 model parts in {path}: found {parts}")
-    return [os.path.join(path, p) for p in parts], path
-
-
-def read_ct2_model(path: CT2Source) -> Tuple[Dict[str, np.ndarray], dict]:
-    """Parse a CTranslate2 model.bin (possibly split in parts) and its config.json.
-
-    Returns the variables by name (aliases resolved; bfloat16 widened to float32) and the
-    parsed config.json of the model directory, or an empty dict when there is none.
-    """
-    files, directory = _ct2_files(path)
-    reader = _ChainReader(files)
-    try:
-
-        def unpack(fmt: str):
-            return struct.unpack("<" + fmt, reader.read_exact(struct.calcsize("<" + fmt)))
-
-        def read_string() -> str:
-            (length,) = unpack("H")
-            return reader.read_exact(length).rstrip(b"\0").decode("utf-8")
-
-        (version,) = unpack("I")
-        if not 1 <= version <= 6:
-            raise ValueError(f"Unsupported CTranslate2 binary version {version} in {files[0]}")
-        if version >= 2:
-            spec = read_string()
-            unpack("I")  # spec revision
-            if spec != "WhisperSpec":
-                raise ValueError(f"Not a CTranslate2 Whisper model ({spec}): {files[0]}")
-        (count,) = unpack("I")
-        variables: Dict[str, np.ndarray] = {}
-        for _ in range(count):
-            name = read_string()
-            (rank,) = unpack("B")
-            shape = unpack(f"{rank}I") if rank else ()
-            if version >= 4:
-                type_id, num_bytes = unpack("BI")
-            else:  # older binaries store the item size (float32 or int8/int16 only)
-                item_size, num_items = unpack("BI")
-                type_id, num_bytes = {4: 0, 1: 1, 2: 2}.get(item_size, -1), item_size * num_items
-            if type_id not in _CT2_DTYPES:
-                raise ValueError(f"Unsupported CTranslate2 dtype id {type_id} for {name}")
-            array = np.empty(num_bytes // _CT2_DTYPES[type_id].itemsize, _CT2_DTYPES[type_id])
-            if reader.readinto(memoryview(array)) != num_bytes:
-                raise ValueError(f"Truncated CTranslate2 model while reading {name}: {files}")
-            if type_id == _BFLOAT16:
-                array = (array.astype(np.uint32) << 16).view(np.float32)
-            variables[name] = array.reshape(shape)
-        if version >= 3:
-            (num_aliases,) = unpack("I")
-            for _ in range(num_aliases):
-                alias, target = read_string(), read_string()
-                variables[alias] = variables[target]
-        if not reader.at_eof():
-            raise ValueError(f"Trailing data after CTranslate2 model: {files}")
-    finally:
-        reader.close()
-
-    config = {}
-    config_path = os.path.join(directory, "config.json") if directory else None
-    if config_path and os.path.isfile(config_path):
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
-    return variables, config
 
 
 def _weight(variables: Dict[str, np.ndarray], name: str) -> torch.Tensor:
@@ -201,6 +80,24 @@ def alignment_heads_mask(heads: Sequence[Sequence[int]], n_layer: int, n_head: i
             raise ValueError(f"Alignment head ({layer}, {head}) out of range {n_layer}x{n_head}")
         mask[layer, head] = True
     return mask
+
+
+def _checkpoint(dims: ModelDimensions, state: dict, heads: Optional[Sequence] = None) -> dict:
+    """A checkpoint dict, with the model's own alignment heads (a list of (layer, head)) or,
+    for an official model size, openai-whisper's (else openai-whisper's default applies)."""
+    checkpoint = {"dims": asdict(dims), "model_state_dict": state}
+    size = (dims.n_mels, dims.n_vocab, dims.n_audio_state, dims.n_audio_layer, dims.n_text_layer)
+    if heads:
+        checkpoint["alignment_heads"] = alignment_heads_mask(
+            heads, dims.n_text_layer, dims.n_text_head
+        )
+    elif size in _OPENAI_SIZES:  # decoded as Whisper.set_alignment_heads does
+        dump = whisper._ALIGNMENT_HEADS[_OPENAI_SIZES[size]]
+        mask = np.frombuffer(gzip.decompress(base64.b85decode(dump)), dtype=bool)
+        if mask.size == dims.n_text_layer * dims.n_text_head:
+            shape = (dims.n_text_layer, dims.n_text_head)
+            checkpoint["alignment_heads"] = torch.from_numpy(mask.reshape(shape).copy())
+    return checkpoint
 
 
 def _convert_block(
@@ -291,23 +188,8 @@ def ct2_to_openai(src: CT2Source) -> dict:
     state["decoder.ln.weight"] = _weight(variables, "decoder/layer_norm/gamma")
     state["decoder.ln.bias"] = _weight(variables, "decoder/layer_norm/beta")
 
-    checkpoint = {"dims": asdict(dims), "model_state_dict": state}
-    if config.get("alignment_heads"):
-        checkpoint["alignment_heads"] = alignment_heads_mask(
-            config["alignment_heads"], dims.n_text_layer, dims.n_text_head
-        )
-    return checkpoint
+    return _checkpoint(dims, state, config.get("alignment_heads"))
 
-
-def _is_ct2_file(path: str) -> bool:
-    """A model.bin.partN file, or a model.bin starting with a CT2 binary version."""
-    if _part_number(path) >= 0:
-        return True
-    if os.path.basename(path) != "model.bin":
-        return False
-    with open(path, "rb") as f:
-        header = f.read(4)
-    return len(header) == 4 and 1 <= struct.unpack("<I", header)[0] <= 6
 
 
 def detect_format(path: PathLike) -> str:
@@ -328,9 +210,147 @@ def detect_format(path: PathLike) -> str:
     )
 
 
+# transformers names of openai-whisper modules (inside blocks, then outside) and dimensions
+_HF_BLOCK = {"attn": "self_attn", "cross_attn": "encoder_attn", "query": "q_proj", "key": "k_proj",
+             "value": "v_proj", "out": "out_proj", "attn_ln": "self_attn_layer_norm",
+             "cross_attn_ln": "encoder_attn_layer_norm", "mlp.0": "fc1", "mlp.2": "fc2",
+             "mlp_ln": "final_layer_norm"}  # fmt: skip
+_HF_TOP = {"encoder.conv1": "encoder.conv1", "encoder.conv2": "encoder.conv2",
+           "encoder.ln_post": "encoder.layer_norm", "decoder.ln": "decoder.layer_norm",
+           "decoder.token_embedding": "decoder.embed_tokens"}  # fmt: skip
+_HF_DIMS = {"n_mels": "num_mel_bins", "n_audio_ctx": "max_source_positions",
+            "n_audio_state": "d_model", "n_audio_head": "encoder_attention_heads",
+            "n_audio_layer": "encoder_layers", "n_vocab": "vocab_size",
+            "n_text_ctx": "max_target_positions", "n_text_state": "d_model",
+            "n_text_head": "decoder_attention_heads", "n_text_layer": "decoder_layers"}  # fmt: skip
+
+
+def _hf_key(key: str) -> str:
+    """The WhisperForConditionalGeneration name of an openai-whisper state_dict entry."""
+    module, param = key.rsplit(".", 1)
+    if param == "positional_embedding":
+        return f"model.{module}.embed_positions.weight"
+    block = re.match(r"(encoder|decoder)\.blocks\.(\d+)\.(.+)$", module)
+    if block:  # "cross_attn.query" -> "encoder_attn.q_proj"; "mlp.0" -> "fc1"
+        inner = _HF_BLOCK.get(block[3]) or ".".join(_HF_BLOCK[p] for p in block[3].split("."))
+        return f"model.{block[1]}.layers.{block[2]}.{inner}.{param}"
+    return f"model.{_HF_TOP[module]}.{param}"
+
+
+def _openai_shapes(dims: ModelDimensions) -> Dict[str, torch.Size]:
+    """Names and shapes of an openai-whisper state_dict, in order (built on the meta device)."""
+    d = dims
+    with torch.device("meta"):
+        encoder = AudioEncoder(d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head,
+                               d.n_audio_layer)  # fmt: skip
+        decoder = TextDecoder(d.n_vocab, d.n_text_ctx, d.n_text_state, d.n_text_head,
+                              d.n_text_layer)  # fmt: skip
+    parts = {"encoder": encoder.state_dict(), "decoder": decoder.state_dict()}
+    return {f"{part}.{k}": v.shape for part, state in parts.items() for k, v in state.items()}
+
+
+def _read_json(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _hf_dims(path: str) -> ModelDimensions:
+    config = _read_json(path)
+    if config.get("model_type") != "whisper":
+        raise ValueError(f"{path}: model_type is {config.get('model_type')!r}, not 'whisper'")
+    try:
+        dims = ModelDimensions(**{k: int(config[v]) for k, v in _HF_DIMS.items()})
+        ffn = (config["encoder_ffn_dim"], config["decoder_ffn_dim"])
+    except KeyError as e:
+        raise ValueError(f"{path} has no {e}") from None
+    width = 4 * dims.n_audio_state
+    gelu = config.get("activation_function", "gelu") == "gelu"
+    if ffn != (width, width) or not gelu or config.get("scale_embedding"):
+        raise ValueError(
+            f"{path}: not openai-whisper's architecture (needs ffn dims 4 x d_model = {width}, "
+            f"gelu, unscaled embeddings; got ffn {ffn})"
+        )
+    return dims
+
+
+def _hf_weights(path: str) -> Dict[str, torch.Tensor]:
+    """All tensors of a transformers model directory: one weights file, or shards + index."""
+    name = next((n for n in _HF_WEIGHTS if os.path.isfile(os.path.join(path, n))), None)
+    if name is None:
+        raise FileNotFoundError(f"no {' / '.join(_HF_WEIGHTS)} in {path}")
+    files = [name]
+    if name.endswith(".index.json"):
+        files = sorted(set(_read_json(os.path.join(path, name))["weight_map"].values()))
+    tensors = {}
+    for name in files:
+        state = load_state_dict(os.path.join(path, name))
+        if not isinstance(state, dict):
+            raise ValueError(f"{os.path.join(path, name)} holds no state_dict")
+        # WhisperModel saves "encoder.*"; WhisperForConditionalGeneration "model.encoder.*"
+        prefix = "" if any(key.startswith("model.") for key in state) else "model."
+        for key, value in state.items():
+            tensors[key if key.startswith("proj_out.") else prefix + key] = value
+    return tensors
+
+
 def _hf_to_openai(path: str) -> dict:
-    """Convert a Hugging Face transformers Whisper checkpoint directory."""
-    raise NotImplementedError("HF transformers checkpoints: see issue 5")
+    """Convert a transformers Whisper directory (config.json + safetensors or pytorch_model.bin,
+    possibly sharded); alignment heads come from generation_config.json when it lists them."""
+    dims = _hf_dims(os.path.join(path, "config.json"))
+    tensors = _hf_weights(path)
+    state, problems = {}, []
+    for key, shape in _openai_shapes(dims).items():
+        value = tensors.pop(_hf_key(key), None)
+        if value is None or value.shape != shape:
+            found = "missing" if value is None else f"shape {tuple(value.shape)}"
+            problems.append(f"{_hf_key(key)}: {found}, expected {tuple(shape)}")
+        else:
+            state[key] = value.contiguous()
+    proj_out = tensors.pop("proj_out.weight", None)
+    embedding = state.get("decoder.token_embedding.weight")
+    if proj_out is not None and embedding is not None and not torch.equal(proj_out, embedding):
+        problems.append("proj_out.weight differs from embed_tokens (openai-whisper ties them)")
+    problems += [f"{key}: unexpected" for key in tensors]
+    if problems:
+        more = [f"and {len(problems) - 5} more"] if len(problems) > 5 else []
+        raise ValueError(f"{path}: not a Whisper model: " + "; ".join(problems[:5] + more))
+    generation = os.path.join(path, "generation_config.json")
+    heads = _read_json(generation).get("alignment_heads") if os.path.isfile(generation) else None
+    return _checkpoint(dims, state, heads)
+
+
+def openai_to_hf(checkpoint: dict, dst: PathLike) -> None:
+    """Write a checkpoint as a transformers WhisperForConditionalGeneration directory:
+    model.safetensors, generation_config.json (token ids, alignment heads), config.json.
+    For transformers' pipelines, add the tokenizer files of the matching openai/whisper-* repo."""
+    from safetensors.torch import save_file
+
+    dims = ModelDimensions(**checkpoint["dims"])
+    if dims.n_audio_state != dims.n_text_state:
+        raise ValueError("transformers' Whisper needs n_audio_state == n_text_state")
+    eot = 50256 + (dims.n_vocab >= 51865)  # <|endoftext|>; <|startoftranscript|> follows
+    tokens = {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot}
+    tokens["decoder_start_token_id"] = eot + 1
+    config = {"architectures": ["WhisperForConditionalGeneration"], "model_type": "whisper"}
+    config.update({v: getattr(dims, k) for k, v in _HF_DIMS.items()}, **tokens)
+    config.update(encoder_ffn_dim=4 * dims.n_audio_state, decoder_ffn_dim=4 * dims.n_text_state)
+    config.update(activation_function="gelu", scale_embedding=False, tie_word_embeddings=True)
+    generation = dict(tokens, max_length=dims.n_text_ctx)
+    if checkpoint.get("alignment_heads") is not None:
+        mask = torch.as_tensor(checkpoint["alignment_heads"])
+        mask = mask.to_dense() if mask.is_sparse else mask
+        generation["alignment_heads"] = mask.nonzero().tolist()
+    tensors = {_hf_key(k): v.contiguous() for k, v in checkpoint["model_state_dict"].items()}
+    os.makedirs(dst, exist_ok=True)  # config.json last: the directory is complete once it exists
+    save = partial(save_file, tensors, metadata={"format": "pt"})
+    _write_atomic(os.path.join(dst, "model.safetensors"), save)
+    for name, data in (("generation_config.json", generation), ("config.json", config)):
+        _write_atomic(os.path.join(dst, name), partial(_write_json, data=data))
+
+
+def _write_json(path: str, data: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data, indent=2) + "\n")
 
 
 def _load_openai(path: str) -> dict:
@@ -338,13 +358,7 @@ def _load_openai(path: str) -> dict:
         magic = f.read(4)
     if magic != b"PK\x03\x04" and not magic.startswith(b"\x80"):  # torch zip / legacy pickle
         raise ValueError(f"{path} is not a torch checkpoint (starts with {magic!r})")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise RuntimeError(
-            f"{path} is not a plain weights checkpoint (it holds pickled objects that "
-            f"weights_only loading refuses): {e}"
-        ) from e
+    checkpoint = load_state_dict(path)  # weights_only: pickled code is refused, never run
     if not isinstance(checkpoint, dict) or not {"dims", "model_state_dict"} <= checkpoint.keys():
         raise ValueError(f"{path} is not an openai-whisper checkpoint (dims, model_state_dict)")
     return checkpoint
@@ -361,19 +375,56 @@ def load_checkpoint(path: PathLike) -> dict:
     return _hf_to_openai(path)
 
 
-def save_checkpoint(checkpoint: dict, dst: PathLike) -> None:
-    """Write a checkpoint with torch.save, atomically (temp file + os.replace)."""
-    dst = os.path.abspath(os.fspath(dst))
-    directory, name = os.path.split(dst)
+def _write_atomic(dst: PathLike, write: Callable[[str], object]) -> None:
+    """Call write(path) with a temp file beside dst, then fsync it and rename it to dst."""
+    directory, name = os.path.split(os.path.abspath(os.fspath(dst)))
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    os.close(fd)
     try:
         os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, dst)
+        os.replace(tmp, os.path.join(directory, name))
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def save_checkpoint(checkpoint: dict, dst: PathLike) -> None:
+    """Write a checkpoint with torch.save, atomically (temp file + os.replace)."""
+    _write_atomic(dst, lambda path: torch.save(checkpoint, path))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``whisper-at convert SRC DST``: argv holds the arguments after ``convert``."""
+    parser = argparse.ArgumentParser(
+        prog="whisper-at convert",
+        description="Convert a Whisper model (OpenAI .pt, CTranslate2 or transformers "
+        "directory) to an OpenAI-format checkpoint (or, with --to hf, a transformers directory).",
+    )
+    parser.add_argument("src", help="model file or directory to convert")
+    parser.add_argument("dst", help="output .pt file (--to openai) or directory (--to hf)")
+    parser.add_argument("--to", choices=("openai", "hf"), default="openai", help="output format")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing DST")
+    args = parser.parse_args(argv)
+    if os.path.lexists(args.dst) and not args.force:
+        parser.error(f"{args.dst} exists; pass --force to overwrite it")
+    try:
+        fmt = detect_format(args.src)
+        checkpoint = load_checkpoint(args.src)
+        (openai_to_hf if args.to == "hf" else save_checkpoint)(checkpoint, args.dst)
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"whisper-at convert: error: {e}", file=sys.stderr)
+        return 1
+    dims = checkpoint["dims"]
+    print(
+        f"{args.src} ({fmt}, {dims['n_audio_layer']}+{dims['n_text_layer']} layers of "
+        f"{dims['n_audio_state']}) -> {args.dst} ({args.to})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
