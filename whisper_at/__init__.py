@@ -54,6 +54,8 @@ def _load_backbone(name: str, device, download_root: str, in_memory: bool):
 
 
 def _load_head_state(name, at_low_compute: bool, at_head, download_root: str):
+    if at_head is False:  # explicitly no head
+        return None
     if at_head is not None:
         if isinstance(at_head, Mapping):
             return at_head
@@ -89,7 +91,8 @@ def load_model(
         CTranslate2 / HF transformers Whisper directory.
     at_low_compute: use the TL-TR-512 head (small, medium and large only).
     at_head: a head checkpoint path or state_dict (offline use, or heads trained later); by
-        default the official head for ``name`` is downloaded beside the Whisper models.
+        default the official head for ``name`` is downloaded beside the Whisper models;
+        ``False`` loads no head (features only, e.g. for training one).
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

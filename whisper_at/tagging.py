@@ -56,7 +56,8 @@ class ChunkTagger:
         self.res_frames = round(at_time_res / 0.4) * MEL_PER_POOLED  # mel frames per row
         self.width = frames_per_chunk(at_time_res)  # pooled frames per row
         self.n_rows = -(-content_frames // self.res_frames)
-        self.logits = torch.full((self.n_rows, NUM_CLASSES), float("nan"))
+        n_classes = head.mlp_layer[-1].out_features if head is not None else NUM_CLASSES
+        self.logits = torch.full((self.n_rows, n_classes), float("nan"))
         self.done = torch.zeros(self.n_rows, dtype=torch.bool)
         self.pending: Dict[int, Tuple[int, Tensor]] = {}  # row -> (overlap, chunk)
         self.features: Optional[List[Tensor]] = [] if keep_features else None
