@@ -4,7 +4,9 @@
 installed openai-whisper is re-exported; ``load_model`` and ``transcribe`` add audio tagging.
 """
 
+import importlib
 import os
+import pkgutil
 import sys
 import warnings
 from collections.abc import Mapping
@@ -13,15 +15,24 @@ from typing import Optional, Union
 import torch
 import whisper as _whisper
 
-# Re-export openai-whisper's public API, derived from the installed package.
+# Re-export openai-whisper's public API, derived from the installed package: its submodules
+# (imported, so that `from whisper_at.normalizers import ...` works too) and its public names.
+for _info in pkgutil.iter_modules(_whisper.__path__):
+    if _info.name in ("__main__", "triton_ops") or _info.name.startswith("_"):
+        continue  # triton_ops needs triton, which is optional
+    _module = importlib.import_module(f"whisper.{_info.name}")
+    if not os.path.exists(os.path.join(os.path.dirname(__file__), _info.name + ".py")):
+        sys.modules.setdefault(f"{__name__}.{_info.name}", _module)
 _UPSTREAM_NAMES = [name for name in dir(_whisper) if not name.startswith("_")]
 globals().update({name: getattr(_whisper, name) for name in _UPSTREAM_NAMES})
-# ... and its submodules, so `from whisper_at.audio import load_audio` works too.
-for _name, _module in list(sys.modules.items()):
-    _short = _name[len("whisper.") :]
-    if _name.startswith("whisper.") and "." not in _short:
-        if not os.path.exists(os.path.join(os.path.dirname(__file__), _short + ".py")):
-            sys.modules.setdefault(f"{__name__}.{_short}", _module)
+
+
+def __getattr__(name: str):
+    """Names openai-whisper gains later (e.g. a submodule imported after us) resolve too."""
+    if not name.startswith("_") and hasattr(_whisper, name):
+        return getattr(_whisper, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 from . import weights  # noqa: E402
 from .convert import load_checkpoint  # noqa: E402
