@@ -1,0 +1,25 @@
+"""Smoke test: every benchmark script runs in --quick mode (tiny.en, 5 s) and prints its summary."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = ["bench_overhead", "bench_fallback", "bench_tagging", "bench_scaling"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_benchmark_quick(script, tiny_en_pt):
+    # the scripts find tiny.en.pt (made by the tiny_en_pt fixture) in the shared test cache
+    env = dict(os.environ, WHISPER_AT_TEST_CACHE=str(Path(tiny_en_pt).parent))
+    cmd = [sys.executable, str(BENCHMARKS / f"{script}.py"), "--quick"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"SUMMARY {script}: tiny "), last
+    assert re.search(r"x\d+\.\d{3}", last), last
+    assert "| tiny |" in proc.stdout  # a results table was printed

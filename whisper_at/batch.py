@@ -1,0 +1,294 @@
+"""``whisper-at batch INPUT OUTPUT_DIR``: tag or transcribe a whole collection, resumably.
+
+INPUT is a directory (searched recursively for ``--extensions``), a glob (quote it), a manifest
+(``.txt``: a path per line; ``.csv``: a ``path`` column, else the first; ``.jsonl``: objects with
+a ``path``; relative paths are relative to the manifest) or one audio file. Results go to
+``OUTPUT_DIR/results-NNNNN.jsonl`` shards (see ``batch_shards``), one line per file; with
+``--output_format`` also per-file outputs, mirroring the input tree under OUTPUT_DIR.
+``--engine ray`` runs on a Ray cluster (``batch_ray``). See docs/scaling.md.
+"""
+
+import argparse
+import csv
+import glob
+import json
+import os
+import signal
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterable, List, Optional
+
+from tqdm import tqdm
+from whisper.utils import optional_float, optional_int
+
+from .batch_local import TASKS, BatchOptions
+from .batch_shards import ShardWriter, completed, lock_output_dir, remove_temp_shards
+from .cli import (
+    add_tagging_options,
+    describe_failure,
+    error,
+    report,
+    tag_options,
+    transcribe_options,
+    upstream_parser,
+)
+from .outputs import AT_FORMATS, TagOptions, write_outputs
+from .plot import have_matplotlib
+from .tagjob import EXTENSIONS, find_audio
+
+PROG = "whisper-at batch"
+MANIFEST_EXTENSIONS = (".txt", ".csv", ".jsonl")
+TAG_FORMATS = ("tags", "events", "png")  # per-file outputs that need no transcript
+MODEL_OPTIONS = ["model", "model_dir", "device", "at_head", "at_low_compute", "threads"]
+OUTPUT_OPTIONS = ["shard_size", "shard_seconds", "resume", "retry_failed"]
+LOCAL_OPTIONS = ["prefetch"]
+RAY_OPTIONS = ["address", "num_actors", "num_gpus_per_actor", "cpus_per_actor", "num_cpus",
+               "files_per_batch"]
+ENGINE_OPTIONS = {"local": LOCAL_OPTIONS, "ray": RAY_OPTIONS}
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def _manifest_entries(manifest: str) -> List[str]:
+    with open(manifest, encoding="utf-8", newline="") as f:
+        if manifest.lower().endswith(".jsonl"):
+            rows = [json.loads(line) for line in f if line.strip()]
+            return [row["path"] if isinstance(row, dict) else row for row in rows]
+        if manifest.lower().endswith(".csv"):
+            rows = [row for row in csv.reader(f) if row]
+            column = 0
+            if rows and "path" in rows[0]:  # a header
+                column, rows = rows[0].index("path"), rows[1:]
+            return [row[column] for row in rows]
+        lines = (line.strip() for line in f)
+        return [line for line in lines if line and not line.startswith("#")]
+
+
+def find_inputs(source: str, extensions: Iterable[str] = EXTENSIONS.split(",")) -> List[str]:
+    """The absolute paths of the files INPUT names, without repeats, in a stable order."""
+    if os.path.isdir(source):
+        paths = find_audio([source], extensions)
+    elif os.path.isfile(source) and source.lower().endswith(MANIFEST_EXTENSIONS):
+        base = os.path.dirname(os.path.abspath(source))
+        paths = [os.path.join(base, p) for p in _manifest_entries(source)]
+    elif os.path.isfile(source):
+        paths = [source]
+    elif glob.has_magic(source):
+        paths = sorted(p for p in glob.glob(source, recursive=True) if os.path.isfile(p))
+    else:
+        raise FileNotFoundError(f"input not found: {source} (a directory, glob, manifest or file)")
+    return list(dict.fromkeys(os.path.abspath(p) for p in paths))
+
+
+def common_root(source: str, paths: List[str]) -> str:
+    """The directory per-file outputs mirror: INPUT if a directory, else the files' common one."""
+    if os.path.isdir(source):
+        return os.path.abspath(source)
+    return os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Where and how results are written, and which files are skipped."""
+
+    output_format: str = "none"  # per-file outputs: "none", openai-whisper's or AT_FORMATS
+    writer_args: dict = field(default_factory=dict)  # openai-whisper's subtitle options
+    shard_size: int = 100  # finish a shard after this many files ...
+    shard_seconds: float = 60.0  # ... or after this many seconds
+    resume: bool = True  # skip files with a record in a finished shard
+    retry_failed: bool = False  # ... unless that record is an error
+    progress: bool = True
+
+
+class Sink:
+    """Takes each file's record: per-file outputs first, then its shard line and progress."""
+
+    def __init__(self, writer: ShardWriter, root: str, output: OutputOptions, tags: TagOptions,
+                 total: int):
+        self.writer = writer
+        self.root = root
+        self.output_format = output.output_format
+        self.writer_args = output.writer_args
+        self.tags = tags
+        self.done, self.failed, self.seconds = 0, [], 0.0
+        self.bar = tqdm(total=total, unit="file", desc="files", disable=not output.progress)
+
+    def _write_outputs(self, line: dict, audio_tag):
+        result = {key: line[key] for key in ("text", "segments", "language") if key in line}
+        if audio_tag is not None:
+            result.update(audio_tag=audio_tag, at_time_res=line["at_time_res"])
+        relative = os.path.relpath(os.path.dirname(line["path"]), self.root)
+        directory = os.path.normpath(os.path.join(self.writer.output_dir, relative))
+        os.makedirs(directory, exist_ok=True)
+        write_outputs(result, line["path"], directory, self.output_format, self.writer_args,
+                      self.tags, duration=line["duration"])
+
+    def __call__(self, line: dict, audio_tag=None):
+        if "error" not in line and self.output_format != "none":
+            try:
+                self._write_outputs(line, audio_tag)
+            except Exception as e:
+                line = {"path": line["path"], "error": describe_failure(line["path"], e)}
+        if "error" in line:
+            with tqdm.external_write_mode():
+                error(line["error"])
+            self.failed.append(line["path"])
+        else:
+            self.done += 1
+            self.seconds += line["duration"]
+        self.writer.write(line)
+        hours = self.seconds / 3600
+        speed = self.seconds / max(self.bar.format_dict["elapsed"], 1e-9)
+        self.bar.set_postfix_str(f"audio {hours:.3f} h, {speed:.1f}x real time", refresh=False)
+        self.bar.update(1)
+
+    def close(self):
+        self.bar.close()
+
+
+@contextmanager
+def _sigterm_exits():
+    """SIGTERM (preemption, ``kill``) unwinds like Ctrl-C, so the open shard is finished."""
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(options: BatchOptions, source: str, output_dir: str,
+        output: OutputOptions = OutputOptions(), engine: str = "local",
+        extensions: Iterable[str] = EXTENSIONS.split(","), **engine_options) -> Sink:
+    """Process every file INPUT names into OUTPUT_DIR with the engine ("local" or "ray", given
+    ``engine_options``: ``run_local``'s or ``run_ray``'s); returns the sink (counts, failures)."""
+    paths = find_inputs(source, extensions)
+    os.makedirs(output_dir, exist_ok=True)
+    lock = lock_output_dir(output_dir)
+    try:
+        remove_temp_shards(output_dir)
+        done = completed(output_dir, output.retry_failed) if output.resume else {}
+        todo = [path for path in paths if path not in done]
+        if done and output.progress:
+            print(f"resuming: {len(paths) - len(todo)} of {len(paths)} files already done",
+                  file=sys.stderr)
+        writer = ShardWriter(output_dir, output.shard_size, output.shard_seconds)
+        sink = Sink(writer, common_root(source, paths), output, options.tags, len(todo))
+        try:
+            with _sigterm_exits():
+                if engine == "ray" and todo:
+                    from .batch_ray import run_ray
+
+                    run_ray(options, todo, sink, **engine_options)
+                elif todo:
+                    from .batch_local import run_local
+
+                    run_local(options, todo, sink, **engine_options)
+        finally:
+            writer.finish()
+            sink.close()
+    finally:
+        lock.release()
+    return sink
+
+
+# ---------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """openai-whisper's parser, repurposed: INPUT OUTPUT_DIR, --task tag, batch options."""
+    parser = upstream_parser()
+    parser.prog = PROG
+    parser.description = "Tag or transcribe many audio files into sharded JSONL results."
+    actions = {action.dest: action for action in parser._actions}
+    source = actions["audio"]
+    source.nargs, source.metavar = None, "INPUT"
+    source.help = "directory (recursive), glob, manifest (.txt, .csv, .jsonl) or audio file"
+    parser.add_argument("output", metavar="OUTPUT_DIR", help="directory for the results")
+    actions["model"].default = "small"
+    actions["task"].choices = list(TASKS)
+    actions["task"].help = "tag: sound events only (encoder + head); or transcribe/translate"
+    actions["verbose"].help = "show progress bars"
+    actions["output_dir"].default, actions["output_dir"].help = None, argparse.SUPPRESS
+    formats = actions["output_format"]
+    formats.choices = ["none"] + list(formats.choices) + list(AT_FORMATS)
+    formats.default = "none"
+    formats.help = "per-file outputs beside the shards (tag task: tags, events or png)"
+    add_tagging_options(parser)
+
+    group = parser.add_argument_group("batch")
+    add = group.add_argument
+    add("--engine", choices=["local", "ray"], default="local", help="where the model runs")
+    add("--extensions", default=EXTENSIONS, help="comma-separated extensions for directories")
+    add("--resume", action=argparse.BooleanOptionalAction, default=True,
+        help="skip files with a record in a finished shard of OUTPUT_DIR")
+    add("--retry_failed", action="store_true", help="with --resume, redo files that failed")
+    add("--shard_size", type=int, default=100, help="finish a shard after this many files")
+    add("--shard_seconds", type=float, default=60.0, help="... or after this many seconds")
+    add("--batch_size", type=int, default=8, help="tag: windows per encoder call, across files")
+    add("--at_window", type=int, choices=[30, 10], default=30, help="tag: encoder window (s)")
+    add("--prefetch", type=int, default=2, help="local: files decoded ahead of the model")
+    add("--seed", type=int, default=0, help="torch seed set before each transcription")
+    add("--retries", type=int, default=1, help="extra attempts at a failing file")
+    group = parser.add_argument_group("ray engine")
+    add = group.add_argument
+    add("--address", default="local",
+        help="'local': start Ray here; 'auto' or HOST:PORT: join a running cluster")
+    add("--num_actors", type=optional_int, default=None,
+        help="model actors (None: one per GPU, else one per 2 CPUs)")
+    add("--num_gpus_per_actor", type=optional_float, default=None,
+        help="GPUs per actor (None: 1 when the cluster has GPUs, else 0)")
+    add("--cpus_per_actor", type=float, default=1, help="CPUs (torch threads) per actor")
+    add("--num_cpus", type=optional_int, default=None,
+        help="CPUs of a local Ray instance (None: all)")
+    add("--files_per_batch", type=int, default=8, help="files per model actor call")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run ``whisper-at batch``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv).__dict__
+    source, output_dir = args.pop("audio"), args.pop("output")
+    if args.pop("output_dir") is not None:
+        parser.error("the output directory is the second argument, OUTPUT_DIR")
+    for name in ("batch_size", "shard_size", "files_per_batch", "prefetch"):
+        if args[name] < 1:
+            parser.error(f"--{name} must be at least 1, got {args[name]}")
+    task, output_format = args.pop("task"), args.pop("output_format")
+    if task == "tag" and output_format not in ("none",) + TAG_FORMATS:
+        parser.error(f"--task tag writes --output_format {', '.join(TAG_FORMATS)} or none")
+    if output_format == "png" and not have_matplotlib():
+        parser.error("--output_format png needs matplotlib: pip install 'whisper-at[plot]'")
+    model = {name: args.pop(name) for name in MODEL_OPTIONS}
+    engine, extensions = args.pop("engine"), args.pop("extensions").split(",")
+    engine_options = {name: args.pop(name) for name in LOCAL_OPTIONS + RAY_OPTIONS}
+    engine_options = {name: engine_options[name] for name in ENGINE_OPTIONS[engine]}
+    output = OutputOptions(
+        output_format=output_format, writer_args=transcribe_options(parser, args, model["model"]),
+        **{name: args.pop(name) for name in OUTPUT_OPTIONS}, progress=args.pop("verbose"),
+    )
+    options = BatchOptions(
+        **model, task=task, at_time_res=args.pop("at_time_res"), tags=tag_options(args),
+        window_seconds=args.pop("at_window"), batch_size=args.pop("batch_size"),
+        seed=args.pop("seed"), retries=args.pop("retries"),
+        decode_options=args,  # what is left: openai-whisper's transcribe options
+    )
+    try:
+        sink = run(options, source, output_dir, output, engine, extensions, **engine_options)
+    except Exception as e:
+        error(describe_failure(source, e))
+        return 2
+    return report(sink.done, sink.failed)
+
