@@ -252,7 +252,7 @@ def test_output_dir_held_by_another_run(collection, model_args, tmp_path, capsys
 RAY_SCRIPT = """
 import sys, ray
 from whisper_at import batch
-ray.init(num_cpus=2, include_dashboard=False)
+ray.init(address="local", num_cpus=2, include_dashboard=False)  # a new instance
 for out, task in (("ray_transcribe", {transcribe!r} + ["-f", "srt"]),
                   ("ray_tag", ["--task", "tag"])):
     argv = [{manifest!r}, {root!r} + "/" + out, *{model_args!r}, *task, "--engine", "ray",
