@@ -35,7 +35,6 @@ def scenarios(args):
 
 
 def run_scenario(at, plain, audio, options, repeats: int) -> dict:
-    import torch
     import whisper
 
     import whisper_at
@@ -44,14 +43,7 @@ def run_scenario(at, plain, audio, options, repeats: int) -> dict:
 
     def make(key, model, fn):
         def go():
-            calls = []
-            handle = model.encoder.register_forward_hook(lambda *_: calls.append(1))
-            try:
-                torch.manual_seed(0)
-                result = fn(model, audio, **options)
-            finally:
-                handle.remove()
-            counts[key] = len(calls)
+            result, counts[key] = common.count_encodes(model, fn, audio, options)
             return result
 
         return go
@@ -87,8 +79,7 @@ def run_scenario(at, plain, audio, options, repeats: int) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_args(parser, seconds=30, repeats=3)
-    args = parser.parse_args()
-    common.apply_common_args(args)
+    args = common.parse_args(parser)
     print(f"# bench_fallback; {common.machine()}")
 
     rows, summary = [], []

@@ -52,20 +52,6 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
-def count_encodes(model, fn, audio, options):
-    """(result, encoder forward passes) of one transcription."""
-    import torch
-
-    calls = []
-    handle = model.encoder.register_forward_hook(lambda *_: calls.append(1))
-    try:
-        torch.manual_seed(0)
-        result = fn(model, audio, **options)
-    finally:
-        handle.remove()
-    return result, len(calls)
-
-
 def micro(fn, repeats: int) -> float:
     """Median seconds of fn() over repeats calls (after one warm-up call)."""
     fn()
@@ -115,6 +101,7 @@ def attribution(at, plain, audio, options) -> dict:
             undo += [
                 watch.wrap(model.at_model, "forward_chunks", "head"),
                 watch.wrap(tagging.ChunkTagger, "add_window", "tagger (with head)"),
+                watch.wrap(tagging.ChunkTagger, "finish", "tagger (with head)"),
                 watch.wrap(at_transcribe._WindowLocator, "locate", "locate window"),
                 watch.wrap(model, "_encode", "encode + window cache"),
             ]
@@ -184,7 +171,7 @@ def bench_model(name: str, args, audio_path: Path) -> dict:
                 torch.manual_seed(0)
                 models[key][1](models[key][0], audio, **options)
             else:  # first round: keep the result and count encoder passes
-                results[key], encodes[key] = count_encodes(*models[key], audio, options)
+                results[key], encodes[key] = common.count_encodes(*models[key], audio, options)
             cpu[key].append(time.process_time() - start)
 
         return go
@@ -229,21 +216,19 @@ def bench_model(name: str, args, audio_path: Path) -> dict:
             kind: {key: rss_median(kind, key) for key in ("peak", "after_load", "run_growth")}
             for kind in rss
         },
+        "head_mb": sum(p.numel() * p.element_size() for p in at.at_model.parameters()) / 2**20,
     }
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_args(parser, repeats=7)
-    parser.add_argument("--rss_repeats", type=int, default=3, help="fresh processes per variant")
+    parser.add_argument("--rss_repeats", type=int, default=5, help="fresh processes per variant")
     parser.add_argument("--language", default=None, help="transcribe option (default: detect)")
-    parser.add_argument("--child", choices=["plain", "at"], help=argparse.SUPPRESS)
-    parser.add_argument("--model", help=argparse.SUPPRESS)
-    parser.add_argument("--audio", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        return child(args)
-    common.apply_common_args(args)
+    common.add_child_args(parser, choices=["plain", "at"])
+    args = common.parse_args(parser, child)
+    if args is None:  # a --child process: done
+        return
     if args.quick:
         args.rss_repeats = 1
 
@@ -270,6 +255,8 @@ def main():
                 m["plain"]["peak"],
                 m["at"]["peak"],
                 m["at"]["peak"] / m["plain"]["peak"],
+                res["head_mb"],
+                (m["at"]["peak"] - res["head_mb"]) / m["plain"]["peak"],
                 m["plain"]["run_growth"],
                 m["at"]["run_growth"],
                 "yes" if res["identical"] else "NO",
@@ -291,6 +278,8 @@ def main():
                 "peak RSS plain MiB",
                 "peak RSS at MiB",
                 "RSS ratio",
+                "head weights MiB",
+                "RSS ratio beside head weights",
                 "run growth plain MiB",
                 "run growth at MiB",
                 "same text",
@@ -382,7 +371,9 @@ def main():
         rss_ratio = m["at"]["peak"] / m["plain"]["peak"]
         summary.append(
             f"{res['model']} wall x{wall_ratio:.3f} ({verdict(wall_ratio <= WALL_TARGET)})"
-            f" rss x{rss_ratio:.3f} ({verdict(rss_ratio <= RSS_TARGET)})"
+            f" rss x{rss_ratio:.3f} ({verdict(rss_ratio <= RSS_TARGET)};"
+            f" x{(m['at']['peak'] - res['head_mb']) / m['plain']['peak']:.3f} beside the"
+            f" head's {res['head_mb']:.1f} MiB of weights)"
             f" text {'identical' if res['identical'] else 'DIFFERS'}"
             f" (paired wall x{res['wall_paired']:.3f}, cpu x{res['cpu_paired']:.3f})"
         )

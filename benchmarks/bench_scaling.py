@@ -3,7 +3,8 @@
 Each run is a fresh interpreter: load the model, decode the WAV (whisper_at's loader: ffmpeg),
 then ``model.tag`` on the waveform. Reports tagging wall time, peak RSS, and RSS growth over the
 loaded model split into decoding and tagging. Targets: 30-min time within 5% of 30x the 1-min
-time; memory flat apart from the decoded audio (float32, 64 KiB per second).
+time; memory flat apart from the decoded audio (float32, 64 KiB per second): the log-mel is made
+window by window (whisper_at.mel), so tagging holds one window at a time whatever the length.
 Optionally (--transcribe) also transcribe-with-tags at 1 and 5 min.
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import common
 
 TARGET = 0.05
-FLAT_MB = 64  # "flat": growth beyond the decoded audio rises by at most this much
+FLAT_MB = 16  # "flat": growth beyond the decoded audio rises by at most this much
 
 
 def child(args) -> None:
@@ -23,10 +24,6 @@ def child(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.variant == "patched":
-        import patches
-
-        patches.apply()
     model = common.load_at(args.model)
     after_load = common.peak_rss_mb()
     with common.phase_peak() as decode:
@@ -52,6 +49,8 @@ def child(args) -> None:
             "peak": common.peak_rss_mb(),
             "decode_growth": decode["growth"],
             "run_growth": phase["peak"] - decode["start"],
+            "tag_start": phase["start"] - decode["start"],
+            "tag_growth": phase["growth"],
             "audio_mb": audio.nbytes / 2**20,
         }
     )
@@ -61,57 +60,41 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_args(parser, repeats=3, models=("tiny", "base"))
     parser.add_argument("--minutes", type=float, nargs="+", default=[1, 5, 30])
-    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument(
+        "--batch_size", type=int, default=None, help="tag's batch_size (default: its own)"
+    )
     parser.add_argument(
         "--transcribe",
         action="store_true",
         help="also transcribe (with tags) inputs of at most --transcribe_max min",
     )
     parser.add_argument("--transcribe_max", type=float, default=5)
-    parser.add_argument(
-        "--patched",
-        action="store_true",
-        help="also run tagging with the memory fixes of patches.py / PATCHES.md",
-    )
-    parser.add_argument("--variant", default="current", help=argparse.SUPPRESS)
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="tag", help=argparse.SUPPRESS)
-    parser.add_argument("--model", help=argparse.SUPPRESS)
-    parser.add_argument("--audio", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        return child(args)
-    common.apply_common_args(args)
+    common.add_child_args(parser)
+    args = common.parse_args(parser, child)
+    if args is None:  # a --child process: done
+        return
     if args.quick:
         args.minutes = [5 / 60, 10 / 60]
         args.transcribe_max = 0
 
     paths = {m: common.make_audio(round(m * 60, 3)) for m in args.minutes}
-    print(f"# bench_scaling: {args.minutes} min; batch_size={args.batch_size}; {common.machine()}")
+    print(
+        f"# bench_scaling: {args.minutes} min; batch_size={args.batch_size or 'default'}; "
+        f"{common.machine()}"
+    )
     runs = {}
-    variants = ["current", "patched"] if args.patched else ["current"]
-    jobs = [("tag", v, m) for v in variants for m in args.minutes]
+    jobs = [("tag", m) for m in args.minutes]
     if args.transcribe:
-        jobs += [("transcribe", "current", m) for m in args.minutes if m <= args.transcribe_max]
+        jobs += [("transcribe", m) for m in args.minutes if m <= args.transcribe_max]
     for name in args.models:
         for r in range(args.repeats):
-            for mode, variant, minutes in jobs if r % 2 == 0 else jobs[::-1]:
-                cmd = [
-                    "--child",
-                    "--mode",
-                    mode,
-                    "--variant",
-                    variant,
-                    "--model",
-                    name,
-                    "--audio",
-                    str(paths[minutes]),
-                    "--batch_size",
-                    str(args.batch_size),
-                    "--threads",
-                    str(args.threads),
-                ]
-                runs.setdefault((name, mode, variant, minutes), []).append(
+            for mode, minutes in jobs if r % 2 == 0 else jobs[::-1]:
+                cmd = ["--child", "--mode", mode, "--model", name, "--audio", str(paths[minutes])]
+                cmd += ["--threads", str(args.threads)]
+                if args.batch_size:
+                    cmd += ["--batch_size", str(args.batch_size)]
+                runs.setdefault((name, mode, minutes), []).append(
                     common.run_child(Path(__file__), cmd)
                 )
 
@@ -120,13 +103,12 @@ def main():
 
     rows = []
     for key in runs:
-        name, mode, variant, minutes = key
+        name, mode, minutes = key
         wall = med(key, "wall")
         rows.append(
             [
                 name,
                 mode,
-                variant,
                 f"{minutes:.3g}",
                 wall,
                 minutes * 60 / wall,
@@ -135,6 +117,8 @@ def main():
                 med(key, "peak"),
                 med(key, "audio_mb"),
                 med(key, "decode_growth"),
+                med(key, "tag_start"),
+                med(key, "tag_growth"),
                 med(key, "run_growth"),
                 med(key, "run_growth") - med(key, "audio_mb"),
             ]
@@ -145,7 +129,6 @@ def main():
             [
                 "model",
                 "mode",
-                "variant",
                 "minutes",
                 "wall s",
                 "x real time",
@@ -154,6 +137,8 @@ def main():
                 "peak RSS MiB",
                 "audio f32 MiB",
                 "decode growth MiB",
+                "held after decode MiB",
+                "tag-phase growth MiB",
                 "growth over load MiB",
                 "growth - audio MiB",
             ],
@@ -164,22 +149,19 @@ def main():
     summary = []
     short, long = min(args.minutes), max(args.minutes)
     for name in args.models:
-        for variant in variants:
-            t_short, t_long = (med((name, "tag", variant, m), "wall") for m in (short, long))
-            ratio = t_long / (t_short * long / short)
-            extra_short, extra_long = (
-                med((name, "tag", variant, m), "run_growth")
-                - med((name, "tag", variant, m), "audio_mb")
-                for m in (short, long)
-            )
-            flat = extra_long - extra_short <= FLAT_MB
-            summary.append(
-                f"{name}{' patched' if variant == 'patched' else ''} {long:.3g}-min / "
-                f"({long / short:.3g} x {short:.3g}-min) = x{ratio:.3f} "
-                f"({'met' if abs(ratio - 1) <= TARGET else 'MISSED'}), "
-                f"growth beyond audio {extra_short:.0f} -> {extra_long:.0f} MiB "
-                f"({'flat' if flat else 'NOT flat'})"
-            )
+        t_short, t_long = (med((name, "tag", m), "wall") for m in (short, long))
+        ratio = t_long / (t_short * long / short)
+        extra = {
+            m: med((name, "tag", m), "run_growth") - med((name, "tag", m), "audio_mb")
+            for m in args.minutes
+        }
+        flat = extra[long] - extra[short] <= FLAT_MB
+        growth = " -> ".join(f"{extra[m]:.0f}" for m in sorted(args.minutes))
+        summary.append(
+            f"{name} {long:.3g}-min / ({long / short:.3g} x {short:.3g}-min) = x{ratio:.3f} "
+            f"({'met' if abs(ratio - 1) <= TARGET else 'MISSED'}), "
+            f"growth beyond audio {growth} MiB ({'flat' if flat else 'NOT flat'})"
+        )
     print(f"\nSUMMARY bench_scaling: {'; '.join(summary)} (target time within {TARGET:.0%})")
 
 

@@ -19,12 +19,11 @@ BATCH_SIZES = (1, 2, 4, 8)
 def windows(model, audio, window_seconds: int):
     """The log-mel windows ``tag`` encodes, [n, n_mels, frames]."""
     import torch
-    from whisper.audio import N_SAMPLES, log_mel_spectrogram
 
-    from whisper_at.tagging import mel_windows
+    from whisper_at.mel import MelWindows
 
-    mel = log_mel_spectrogram(audio, model.dims.n_mels, padding=N_SAMPLES)
-    return torch.stack([w for _, w in mel_windows(mel, window_seconds * 100)])
+    mel = MelWindows(audio, model.dims.n_mels, window_seconds * 100)
+    return torch.stack([window for _, window in mel])
 
 
 @contextmanager
@@ -64,7 +63,14 @@ def tag_diff(model, audio, batch_size: int) -> dict:
     f30 = r30["audio_features_for_at"]  # [windows, layers, 75, d]
     f30 = f30.unflatten(2, (3, 25)).transpose(1, 2).flatten(0, 1)[:n]  # [rows, layers, 25, d]
     f10 = r10["audio_features_for_at"][:n]  # [rows, layers, 25, d]
-    per_layer = ((f30 - f10) ** 2).sum(dim=(0, 2, 3)).sqrt() / (f30**2).sum(dim=(0, 2, 3)).sqrt()
+
+    def rel(rows):  # relative L2 difference per layer
+        a_, b_ = f30[rows], f10[rows]
+        return ((a_ - b_) ** 2).sum(dim=(0, 2, 3)).sqrt() / (a_**2).sum(dim=(0, 2, 3)).sqrt()
+
+    per_layer = rel(slice(None))
+    # rows 0, 3, 6, ... start a 30 s window: same positions (0-10 s), only the context differs
+    aligned = slice(None, None, 3)
     return {
         "mad": (a - b).abs().mean().item(),
         "scale": a.std().item(),
@@ -72,6 +78,8 @@ def tag_diff(model, audio, batch_size: int) -> dict:
         "corr": torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item(),
         "feat_first": per_layer[0].item(),
         "feat_last": per_layer[-1].item(),
+        "feat_last_aligned": rel(aligned)[-1].item(),
+        "top1_aligned": (a[aligned].argmax(-1) == b[aligned].argmax(-1)).float().mean().item(),
     }
 
 
@@ -132,8 +140,7 @@ def main():
     common.add_common_args(parser, seconds=240, repeats=3)
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=list(BATCH_SIZES))
     parser.add_argument("--transcribe_repeats", type=int, default=1)
-    args = parser.parse_args()
-    common.apply_common_args(args)
+    args = common.parse_args(parser)
     if args.quick:
         args.batch_sizes = [1]
     import torch
@@ -187,6 +194,8 @@ def main():
                 d["corr"],
                 d["feat_first"],
                 d["feat_last"],
+                d["feat_last_aligned"],
+                d["top1_aligned"],
             ]
         )
     print("\n## window_seconds=10 vs 30, and transcribe-with-tags vs tag (largest batch)\n")
@@ -207,6 +216,8 @@ def main():
                 "corr",
                 "feature rel. diff layer 1",
                 "feature rel. diff last layer",
+                "same, rows at a 30 s window start",
+                "top-1 agree, those rows",
             ],
             rows,
         )

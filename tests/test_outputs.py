@@ -3,6 +3,8 @@
 import json
 import math
 import os
+import signal
+import subprocess
 import sys
 import wave
 
@@ -200,3 +202,61 @@ def test_row_times_end_with_the_audio():
     assert outputs.row_times(3, 10, 25.4) == [(0, 10), (10, 20), (20, 25.4)]
     assert outputs.row_times(2, 0.4, 0.5) == [(0, 0.4), (0.4, 0.5)]
     assert not any(math.isnan(t) for pair in outputs.row_times(4, 4.4, 15) for t in pair)
+
+
+# A writer that stops inside write_outputs, its files staged, before the first rename: it is
+# SIGKILLed there ("die") or waits there for its stdin to close ("wait").
+STAGING_WRITER = """
+import os, signal, sys, torch
+from whisper_at import outputs
+
+def replace(src, dst):
+    print(os.path.dirname(src), flush=True)
+    if sys.argv[2] == "die":
+        os.kill(os.getpid(), signal.SIGKILL)
+    sys.stdin.read()
+    os.rename(src, dst)
+
+outputs.os.replace = replace
+result = {"text": "", "segments": [], "language": "en", "audio_tag": torch.zeros(1, 527),
+          "at_time_res": 10}
+outputs.write_outputs(result, sys.argv[2] + ".wav", sys.argv[1], "tags", {}, duration=10.0)
+"""
+
+
+@pytest.mark.skipif(os.name == "nt", reason="SIGKILL")
+def test_staging_dirs_of_killed_writers_are_removed(tmp_path):
+    command = [sys.executable, "-c", STAGING_WRITER, str(tmp_path)]
+    live = subprocess.Popen(
+        command + ["wait"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        live_stage = live.stdout.readline().strip()  # (its own sweep done before the kill)
+        killed = subprocess.Popen(command + ["die"], stdout=subprocess.PIPE, text=True)
+        dead_stage = killed.communicate(timeout=300)[0].strip()
+        assert killed.returncode == -signal.SIGKILL
+        assert os.path.basename(dead_stage).startswith(f".whisper-at-stage-{killed.pid}@")
+        assert os.path.basename(live_stage).startswith(f".whisper-at-stage-{live.pid}@")
+        assert sorted(os.listdir(dead_stage)) == ["die.tags.json", "die.tags.tsv"]
+        assert os.path.isdir(live_stage) and live.poll() is None
+        elsewhere = tmp_path / f".whisper-at-stage-{killed.pid}@otherhost-abc123xy"  # not here
+        elsewhere.mkdir()
+        (tmp_path / ".whisper-at-batch.lock").write_text("")
+
+        result = dict(text="hi", segments=[], language="en", audio_tag=torch.zeros(1, 527))
+        result["at_time_res"] = 10
+        written = outputs.write_outputs(result, "new.wav", str(tmp_path), "tags", {})
+        assert sorted(os.path.basename(p) for p in written) == ["new.tags.json", "new.tags.tsv"]
+        assert not os.path.exists(dead_stage)  # its process is gone
+        assert os.path.isdir(live_stage) and os.listdir(live_stage)  # its process still writes
+        assert elsewhere.is_dir() and (tmp_path / ".whisper-at-batch.lock").is_file()
+
+        live.stdin.close()  # the live writer finishes: its files in place, its stage removed
+        assert live.wait(timeout=60) == 0
+        assert not os.path.exists(live_stage)
+        files = [f"{name}.tags.{ext}" for name in ("new", "wait") for ext in ("json", "tsv")]
+        assert sorted(os.listdir(tmp_path)) == [".whisper-at-batch.lock", elsewhere.name, *files]
+    finally:
+        if live.poll() is None:
+            live.kill()
+            live.wait()

@@ -69,6 +69,21 @@ def run(features, tmp_path_factory) -> Path:
     return out
 
 
+def _assert_same_run(out: Path, reference: Path, loss: dict, mAP: dict, weights: dict):
+    """The training run in ``out`` ends like the one in ``reference``: the same epochs, each
+    with the same train loss and mAP (``loss``, ``mAP``: pytest.approx keywords), and the same
+    best_avg.pth (``weights``: torch.testing.assert_close keywords)."""
+    ours = json.loads((out / "log.json").read_text())["epochs"]
+    theirs = json.loads((reference / "log.json").read_text())["epochs"]
+    assert [e["epoch"] for e in ours] == [e["epoch"] for e in theirs] == [1, 2, 3, 4]
+    for a, b in zip(ours, theirs):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], **loss)
+        assert a["mAP"] == pytest.approx(b["mAP"], **mAP)
+    state = load_head_state(str(out / "best_avg.pth"))
+    for key, value in load_head_state(str(reference / "best_avg.pth")).items():
+        torch.testing.assert_close(state[key], value, **weights)
+
+
 @pytest.fixture(scope="module")
 def short_run(features, tmp_path_factory) -> Path:
     """A 4-epoch single-process run: the reference of the resume and DDP tests."""
@@ -136,15 +151,11 @@ def test_trained_head_loads_with_load_model_and_tags_held_out_clips(
 def test_resume_continues_exactly_like_an_uninterrupted_run(features, short_run, tmp_path):
     _train(features, tmp_path, "--epochs", "2", "--avg_start", "3")
     assert not (tmp_path / "epoch_003.pth").exists()
-    log = _train(features, tmp_path, "--epochs", "4", "--avg_start", "3", "--resume")
-    reference = json.loads((short_run / "log.json").read_text())
-    assert [e["epoch"] for e in log["epochs"]] == [1, 2, 3, 4]
-    for ours, theirs in zip(log["epochs"], reference["epochs"]):
-        assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-6)
-        assert ours["mAP"] == pytest.approx(theirs["mAP"], rel=1e-6)
-    resumed = load_head_state(str(tmp_path / "best_avg.pth"))
-    for key, value in load_head_state(str(short_run / "best_avg.pth")).items():
-        torch.testing.assert_close(resumed[key], value, rtol=1e-5, atol=1e-6)
+    _train(features, tmp_path, "--epochs", "4", "--avg_start", "3", "--resume")
+    exact = {"rel": 1e-6}
+    _assert_same_run(
+        tmp_path, short_run, loss=exact, mAP=exact, weights={"rtol": 1e-5, "atol": 1e-6}
+    )
 
 
 def test_two_process_ddp_matches_the_single_process_run(features, short_run, tmp_path):
@@ -156,16 +167,13 @@ def test_two_process_ddp_matches_the_single_process_run(features, short_run, tmp
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("epoch 4 ") == 1  # only rank 0 reports
-    ddp = json.loads((tmp_path / "log.json").read_text())
-    single = json.loads((short_run / "log.json").read_text())
     # same global batches and augmentations; only float summation order differs
-    assert len(ddp["epochs"]) == len(single["epochs"]) == 4
-    for ours, theirs in zip(ddp["epochs"], single["epochs"]):
-        assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-4)
-        assert ours["mAP"] == pytest.approx(theirs["mAP"], abs=1e-3)
-    averaged = load_head_state(str(tmp_path / "best_avg.pth"))
-    for key, value in load_head_state(str(short_run / "best_avg.pth")).items():
-        torch.testing.assert_close(averaged[key], value, rtol=1e-3, atol=1e-5)
+    tolerances = {
+        "loss": {"rel": 1e-4},
+        "mAP": {"abs": 1e-3},
+        "weights": {"rtol": 1e-3, "atol": 1e-5},
+    }
+    _assert_same_run(tmp_path, short_run, **tolerances)
 
 
 def test_probe_reports_layerwise_accuracy_with_folds_and_plots(synth, features, tmp_path):

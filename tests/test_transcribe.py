@@ -1,10 +1,12 @@
 """End-to-end: whisper_at.transcribe vs openai-whisper and vs the 2023 reference, real weights."""
 
+import importlib
 import warnings
 
 import pytest
 import torch
 import whisper
+from testkit import plain_twin
 from whisper.audio import (
     N_FRAMES,
     N_SAMPLES,
@@ -20,11 +22,7 @@ import whisper_at
 @pytest.fixture(scope="session")
 def tiny_plain(tiny_at):
     """The same backbone as plain openai-whisper ``Whisper``."""
-    model = whisper.model.Whisper(tiny_at.dims)
-    state = {k: v for k, v in tiny_at.state_dict().items() if not k.startswith("at_model.")}
-    model.load_state_dict(state)
-    model.register_buffer("alignment_heads", tiny_at.alignment_heads, persistent=False)
-    return model.eval()
+    return plain_twin(tiny_at)
 
 
 class EncoderCounter:
@@ -66,6 +64,14 @@ def test_every_public_whisper_name_is_reexported():
 
     assert reexported is load_audio
     assert get_tokenizer(multilingual=False).sot > 0
+    # submodules are openai-whisper's own modules (imported on first use), specs untouched
+    from whisper_at.normalizers import EnglishTextNormalizer
+
+    assert whisper_at.normalizers is importlib.import_module("whisper.normalizers")
+    assert whisper_at.normalizers.__spec__.name == "whisper.normalizers"
+    assert EnglishTextNormalizer()("Mr. Smith's 2 dogs") == "mister smith is 2 dogs"
+    with pytest.raises(ImportError):
+        importlib.import_module("whisper_at.no_such_module")
 
 
 @pytest.mark.parametrize("word_timestamps", [False, True])
@@ -181,9 +187,10 @@ def test_batched_tap_pools_every_batch_element(tiny_at, long_speech_wav, ref_mod
     ref.load_state_dict(tiny_at.encoder.state_dict())
     with torch.no_grad():
         ref_out, ref_layers = ref(batch)
-    # (its attention is computed without SDPA: equal up to float rounding of large activations)
-    torch.testing.assert_close(ref_layers, pooled[0], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(ref_out, features, atol=1e-4, rtol=1e-4)
+    # (its attention is computed without SDPA: equal up to float rounding of large activations,
+    # ~1e-4 relative in the deeper layers)
+    torch.testing.assert_close(ref_layers, pooled[0], atol=1e-4, rtol=5e-4)
+    torch.testing.assert_close(ref_out, features, atol=1e-4, rtol=5e-4)
 
 
 def test_first_window_matches_reference_end_to_end(tiny_at, long_speech_wav, ref_module):
@@ -227,13 +234,8 @@ def test_load_model_errors(tiny_en_pt):
 
 def test_multilingual_language_detection_reuses_first_window(base_at, long_speech_wav):
     """base (multilingual): language detection encodes the first window once for both uses."""
-    plain = whisper.model.Whisper(base_at.dims)
-    plain.load_state_dict(
-        {k: v for k, v in base_at.state_dict().items() if not k.startswith("at_model.")}
-    )
-    plain.register_buffer("alignment_heads", base_at.alignment_heads, persistent=False)
     audio = load_audio(str(long_speech_wav))[: 35 * SAMPLE_RATE]
-    (expected, actual), (n_plain, n_at) = _both(plain.eval(), base_at, audio, fp16=False)
+    (expected, actual), (n_plain, n_at) = _both(plain_twin(base_at), base_at, audio, fp16=False)
     tags = actual.pop("audio_tag")
     del actual["at_time_res"]
     assert actual == expected and expected["language"] == "en"

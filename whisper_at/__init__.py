@@ -5,6 +5,8 @@ installed openai-whisper is re-exported; ``load_model`` and ``transcribe`` add a
 """
 
 import importlib
+import importlib.abc
+import importlib.util
 import os
 import pkgutil
 import sys
@@ -15,20 +17,46 @@ from typing import Optional, Union
 import torch
 import whisper as _whisper
 
-# Re-export openai-whisper's public API, derived from the installed package: its submodules
-# (imported, so that `from whisper_at.normalizers import ...` works too) and its public names.
-for _info in pkgutil.iter_modules(_whisper.__path__):
-    if _info.name in ("__main__", "triton_ops") or _info.name.startswith("_"):
-        continue  # triton_ops needs triton, which is optional
-    _module = importlib.import_module(f"whisper.{_info.name}")
-    if not os.path.exists(os.path.join(os.path.dirname(__file__), _info.name + ".py")):
-        sys.modules.setdefault(f"{__name__}.{_info.name}", _module)
+# Re-export openai-whisper's public API, derived from the installed package: its public names,
+# and its submodules, so that `from whisper_at.normalizers import ...` works too. A submodule we
+# do not override is openai-whisper's own module object, imported when first asked for (as with
+# openai-whisper, `normalizers` and its dependencies cost nothing until used).
+_UPSTREAM_MODULES = {
+    info.name
+    for info in pkgutil.iter_modules(_whisper.__path__)
+    if info.name not in ("__main__", "triton_ops")  # triton_ops needs triton (optional)
+    and not info.name.startswith("_")
+    and not os.path.exists(os.path.join(os.path.dirname(__file__), info.name + ".py"))
+}
+
+
+class _UpstreamSubmodule(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports ``whisper_at.<name>`` as openai-whisper's ``whisper.<name>`` (the same object)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        package, _, name = fullname.rpartition(".")
+        if package == __name__ and name in _UPSTREAM_MODULES:
+            return importlib.util.spec_from_loader(fullname, self)
+        return None
+
+    def create_module(self, spec):
+        module = importlib.import_module(f"whisper.{spec.name.rpartition('.')[2]}")
+        spec.loader_state = module.__spec__
+        return module
+
+    def exec_module(self, module):  # the import system set its __spec__ to ours: restore it
+        module.__spec__ = module.__spec__.loader_state
+
+
+sys.meta_path.insert(0, _UpstreamSubmodule())
 _UPSTREAM_NAMES = [name for name in dir(_whisper) if not name.startswith("_")]
 globals().update({name: getattr(_whisper, name) for name in _UPSTREAM_NAMES})
 
 
 def __getattr__(name: str):
     """Names openai-whisper gains later (e.g. a submodule imported after us) resolve too."""
+    if name in _UPSTREAM_MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
     if not name.startswith("_") and hasattr(_whisper, name):
         return getattr(_whisper, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

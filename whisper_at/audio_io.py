@@ -8,14 +8,13 @@ decoders differ from the installed ffmpeg's (docs/loading.md has the measurement
 
 import os
 import shutil
+import subprocess
 import warnings
-from subprocess import CalledProcessError
 from typing import List, Union
 
 import numpy as np
 import torch
 from whisper.audio import SAMPLE_RATE
-from whisper.audio import load_audio as _ffmpeg_load_audio
 
 
 def have_ffmpeg() -> bool:
@@ -113,7 +112,32 @@ def load_audio_pyav(path: str, sr: int = SAMPLE_RATE) -> np.ndarray:
         raise RuntimeError(f"cannot decode audio file {path}: {e.strerror or e}") from None
     if not chunks:
         return np.zeros(0, dtype=np.float32)
-    return np.concatenate(chunks).astype(np.float32) / 32768.0
+    audio = np.concatenate(chunks).astype(np.float32)
+    audio /= 32768.0
+    return audio
+
+
+def _ffmpeg_error(path: str, stderr: bytes) -> str:
+    lines = stderr.decode(errors="replace").strip().splitlines()
+    last = lines[-1] if lines else ""
+    if last.startswith(path + ": "):
+        last = last[len(path) + 2 :]
+    detail = ": it has no audio stream" if "not contain any stream" in last else f": {last}"
+    return f"cannot decode audio file {path}{detail}"
+
+
+def load_audio_ffmpeg(path: str, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode with the ffmpeg CLI as ``whisper.load_audio`` does (same command, same samples),
+    scaling in place: one float32 copy of the audio at a time instead of two."""
+    cmd = ["ffmpeg", "-nostdin", "-threads", "0", "-i", path, "-f", "s16le", "-ac", "1",
+           "-acodec", "pcm_s16le", "-ar", str(sr), "-"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True)
+    if proc.returncode != 0:
+        raise RuntimeError(_ffmpeg_error(path, proc.stderr))
+    audio = np.frombuffer(proc.stdout, np.int16).astype(np.float32)
+    del proc
+    audio /= 32768.0
+    return audio
 
 
 def load_audio(path: str, sr: int = SAMPLE_RATE) -> np.ndarray:
@@ -123,18 +147,7 @@ def load_audio(path: str, sr: int = SAMPLE_RATE) -> np.ndarray:
     _check_file(path)
     if not have_ffmpeg():
         return load_audio_pyav(path, sr)
-    try:
-        return _ffmpeg_load_audio(path, sr)
-    except RuntimeError as e:
-        cause = e.__cause__
-        detail = ""
-        if isinstance(cause, CalledProcessError) and cause.stderr:
-            lines = cause.stderr.decode(errors="replace").strip().splitlines()
-            last = lines[-1] if lines else ""
-            if last.startswith(path + ": "):
-                last = last[len(path) + 2 :]
-            detail = ": it has no audio stream" if "not contain any stream" in last else f": {last}"
-        raise RuntimeError(f"cannot decode audio file {path}{detail}") from e
+    return load_audio_ffmpeg(path, sr)
 
 
 def as_audio(audio: Union[str, os.PathLike, np.ndarray, torch.Tensor]):

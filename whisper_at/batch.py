@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--retry_failed", action="store_true", help="with --resume, redo files that failed")
     add("--shard_size", type=int, default=100, help="finish a shard after this many files")
     add("--shard_seconds", type=float, default=60.0, help="... or after this many seconds")
-    add("--batch_size", type=int, default=8, help="tag: windows per encoder call, across files")
+    add("--batch_size", type=int, default=None,
+        help="tag: windows per encoder call, across files (default: 1 on CPU, 8 on GPU)")
     add("--at_window", type=int, choices=[30, 10], default=30, help="tag: encoder window (s)")
     add("--prefetch", type=int, default=2, help="local: files decoded ahead of the model")
     add("--seed", type=int, default=0, help="torch seed set before each transcription")
@@ -264,7 +265,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.pop("output_dir") is not None:
         parser.error("the output directory is the second argument, OUTPUT_DIR")
     for name in ("batch_size", "shard_size", "files_per_batch", "prefetch"):
-        if args[name] < 1:
+        if args[name] is not None and args[name] < 1:
             parser.error(f"--{name} must be at least 1, got {args[name]}")
     task, output_format = args.pop("task"), args.pop("output_format")
     if task == "tag" and output_format not in ("none",) + TAG_FORMATS:

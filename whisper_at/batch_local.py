@@ -8,18 +8,20 @@ the next files in a background thread (at most ``prefetch`` ahead) while the mod
 """
 
 import dataclasses
+import itertools
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, List, Optional, Tuple
+from typing import Callable, Deque, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
-from whisper.audio import N_FRAMES, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
+from whisper.audio import SAMPLE_RATE
 
 from .cli import describe_failure
+from .mel import MelWindows
 from .outputs import TagOptions
-from .tagging import ChunkTagger, mel_windows
+from .tagging import ChunkTagger, default_batch_size
 
 TASKS = ("tag", "transcribe", "translate")
 
@@ -36,7 +38,7 @@ class BatchOptions:
     task: str = "transcribe"  # "tag" (encoder + head only), "transcribe" or "translate"
     at_time_res: float = 10
     window_seconds: int = 30  # tag: encoder window, 30 (as transcribe) or 10
-    batch_size: int = 8  # tag: windows per encoder call, across files
+    batch_size: Optional[int] = None  # tag: windows per encoder call, across files (None: auto)
     tags: TagOptions = TagOptions(language="en")
     seed: int = 0  # transcribe: torch RNG seed, set before each file
     decode_options: dict = field(default_factory=dict)  # transcribe: openai-whisper's options
@@ -131,15 +133,15 @@ Outcome = Tuple[Decoded, Optional[dict], Optional[str]]  # (file, result, error)
 
 
 class _Tagging:
-    """One file's windows on their way through the encoder."""
+    """One file's windows on their way through the encoder (made one at a time)."""
 
     def __init__(self, item: Decoded, model, window_frames: int, at_time_res: float):
-        mel = log_mel_spectrogram(item.audio, model.dims.n_mels, padding=N_SAMPLES)
+        windows = MelWindows(item.audio, model.dims.n_mels, window_frames)
         self.item = item
         self.at_time_res = at_time_res
-        self.windows = list(mel_windows(mel, window_frames))
-        self.remaining = len(self.windows)
-        self.tagger = ChunkTagger(model.at_model, mel.shape[-1] - N_FRAMES, at_time_res)
+        self.windows = iter(windows)
+        self.unqueued = self.remaining = len(windows)
+        self.tagger = ChunkTagger(model.at_model, windows.content_frames, at_time_res)
         self.failed = False
 
     def finish(self) -> Outcome:
@@ -149,13 +151,35 @@ class _Tagging:
         return self.item, {"audio_tag": audio_tag, "at_time_res": self.at_time_res}, None
 
 
-def _encode_batch(model, pending: deque, batch_size: int) -> List[Outcome]:
-    """Encode the next batch_size windows of pending; the outcomes of the files completed."""
-    batch = []
-    while pending and len(batch) < batch_size:
-        window = pending.popleft()
-        if not window[0].failed:
-            batch.append(window)
+class _Windows:
+    """The queued files' windows, taken in order into encoder batches."""
+
+    def __init__(self):
+        self.jobs: Deque[_Tagging] = deque()
+        self.available = 0
+
+    def add(self, job: _Tagging):
+        self.jobs.append(job)
+        self.available += job.unqueued
+
+    def take(self, n: int) -> List[Tuple[_Tagging, int, torch.Tensor]]:
+        batch = []
+        while self.jobs and len(batch) < n:
+            job = self.jobs[0]
+            if job.failed:  # a batch with one of its windows failed: skip the rest
+                job.unqueued, self.available = 0, self.available - job.unqueued
+            for seek, window in itertools.islice(job.windows, min(n - len(batch), job.unqueued)):
+                batch.append((job, seek, window))
+                job.unqueued -= 1
+                self.available -= 1
+            if job.unqueued == 0:
+                self.jobs.popleft()
+        return batch
+
+
+def _encode_batch(model, batch: List[Tuple[_Tagging, int, torch.Tensor]]) -> List[Outcome]:
+    """Encode a batch of windows; the outcomes of the files completed (or failed)."""
+    batch = [window for window in batch if not window[0].failed]
     if not batch:
         return []
     dtype = next(model.parameters()).dtype
@@ -177,11 +201,17 @@ def _encode_batch(model, pending: deque, batch_size: int) -> List[Outcome]:
 
 
 def tag_stream(
-    model, items: Iterable[Decoded], batch_size: int, window_seconds: int, at_time_res: float
+    model,
+    items: Iterable[Decoded],
+    batch_size: Optional[int],
+    window_seconds: int,
+    at_time_res: float,
 ) -> Iterator[Outcome]:
     """Tag decoded files; the windows of consecutive files share encoder batches, and each
-    file's outcome comes as soon as its last window is tagged."""
-    pending = deque()  # (job, seek, mel window)
+    file's outcome comes as soon as its last window is tagged. Windows are made as the
+    encoder takes them, so a long file never has its whole log-mel in memory."""
+    batch_size = batch_size or default_batch_size(model)
+    queued = _Windows()
     for item in items:
         if item.error is not None:
             yield item, None, item.error
@@ -191,12 +221,11 @@ def tag_stream(
         if error:
             yield item, None, error
             continue
-        pending.extend((job, seek, window) for seek, window in job.windows)
-        job.windows = None
-        while len(pending) >= batch_size:
-            yield from _encode_batch(model, pending, batch_size)
-    while pending:
-        yield from _encode_batch(model, pending, batch_size)
+        queued.add(job)
+        while queued.available >= batch_size:
+            yield from _encode_batch(model, queued.take(batch_size))
+    while queued.available:
+        yield from _encode_batch(model, queued.take(batch_size))
 
 
 def _transcribe(model, item: Decoded, options: BatchOptions) -> dict:

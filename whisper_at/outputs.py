@@ -10,7 +10,6 @@ staging directory inside the output directory and renamed into place when comple
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from functools import lru_cache
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -20,6 +19,7 @@ from whisper.utils import SubtitlesWriter, format_timestamp, get_writer
 
 from .labels import NUM_CLASSES, label_index, label_names, parse_at_label
 from .plot import have_matplotlib, plot_timeline
+from .staging import make_stage
 
 AT_FORMATS = {"tags": ("tags.json", "tags.tsv"), "events": ("events.tsv",),
               "sdh": ("sdh.srt", "sdh.vtt"), "png": ("events.png",)}  # -f choice: files
@@ -372,12 +372,13 @@ def write_outputs(
     """Write openai-whisper's outputs (byte for byte as ``whisper`` would, via its own
     ``get_writer``) and the sound-event outputs for one audio file; returns the paths written.
 
-    All files are written in a staging directory inside output_dir, then renamed into place.
+    All files are written in a staging directory inside output_dir, then renamed into place;
+    staging directories of killed runs are removed first (``staging.make_stage``).
     """
     if duration is None:  # the tag rows' span
         duration = len(result.get("audio_tag", [])) * result.get("at_time_res", 0)
     base = os.path.splitext(os.path.basename(audio_path))[0]
-    stage = tempfile.mkdtemp(dir=output_dir, prefix=".whisper-at-")
+    stage = make_stage(output_dir)
     try:
         if output_format == "all" or output_format in UPSTREAM_FORMATS:
             asr = {key: value for key, value in result.items() if key not in AT_KEYS}

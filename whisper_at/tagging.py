@@ -10,15 +10,15 @@ overlaps it most, shifted to stay inside that window; a row no window touches st
 import itertools
 import math
 import warnings
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
-from whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
 
 from .audio_io import as_audio
 from .head import NUM_CLASSES, frames_per_chunk
+from .mel import MelWindows
 
 MEL_PER_POOLED = 40  # mel frames (10 ms) per pooled encoder frame
 TRAINED_TIME_RES = 10
@@ -110,22 +110,17 @@ class ChunkTagger:
         return torch.stack(self.features)
 
 
-def mel_windows(
-    mel: Tensor, window_frames: int = N_FRAMES
-) -> Iterator[Tuple[int, Tensor]]:
-    """Consecutive windows (seek, [n_mels, window_frames]) of a log-mel computed with
-    ``padding=N_SAMPLES``; as in transcribe, the last one is zero-padded in log-mel space."""
-    content_frames = mel.shape[-1] - N_FRAMES
-    for seek in range(0, content_frames, window_frames):
-        size = min(window_frames, content_frames - seek)
-        yield seek, pad_or_trim(mel[:, seek : seek + size], window_frames)
+def default_batch_size(model) -> int:
+    """Windows per encoder call when none is given: 1 on CPU (larger batches are no faster
+    there and hold batch-sized attention matrices; see benchmarks/README.md), 8 elsewhere."""
+    return 1 if model.device.type == "cpu" else 8
 
 
 def tag(
     model,
     audio: Union[str, np.ndarray, Tensor],
     at_time_res: float = TRAINED_TIME_RES,
-    batch_size: int = 8,
+    batch_size: Optional[int] = None,
     window_seconds: int = 30,
     return_audio_features: bool = False,
 ) -> dict:
@@ -133,22 +128,26 @@ def tag(
 
     ``window_seconds`` is 30 (Whisper's window; on audio of up to 30 s the rows equal those of
     ``transcribe``) or 10 (the encoder runs on 10 s with its positional embedding sliced, as the
-    heads were trained; cheaper). Returns ``{"audio_tag": [rows, 527], "at_time_res": ...,
+    heads were trained; cheaper). ``batch_size`` windows go through the encoder at a time (None:
+    1 on CPU, 8 on GPU); the log-mel is made window by window, so memory beyond the waveform does
+    not grow with its length. Returns ``{"audio_tag": [rows, 527], "at_time_res": ...,
     "duration": seconds}``.
     """
     if not model.has_at_head:
         raise RuntimeError("this model has no AT head; load one with load_model(..., at_head=...)")
     if window_seconds not in (10, 30):
         raise ValueError(f"window_seconds must be 10 or 30, got {window_seconds!r}")
+    if batch_size is None:
+        batch_size = default_batch_size(model)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     at_time_res = check_at_time_res(at_time_res)
     audio = as_audio(audio)
-    mel = log_mel_spectrogram(audio, model.dims.n_mels, padding=N_SAMPLES)
-    content_frames = mel.shape[-1] - N_FRAMES
+    mel = MelWindows(audio, model.dims.n_mels, window_seconds * 100)
+    content_frames = mel.content_frames
     tagger = ChunkTagger(model.at_model, content_frames, at_time_res, return_audio_features)
     dtype = next(model.parameters()).dtype
-    windows = mel_windows(mel, window_seconds * 100)
+    windows = iter(mel)
     while batch := list(itertools.islice(windows, batch_size)):
         mels = torch.stack([window for _, window in batch]).to(model.device, dtype)
         _, pooled = model.embed_audio_with_layers(mels)

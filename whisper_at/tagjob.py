@@ -10,20 +10,16 @@ import argparse
 import json
 import os
 import sys
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Deque, Iterable, List, Optional, Set, Tuple
+from typing import Iterable, Iterator, List, Optional, Set
 
 import torch
 from tqdm import tqdm
-from whisper.audio import N_FRAMES, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
 from whisper.utils import optional_int, str2bool
 
-from .audio_io import load_audio
+from .batch_local import Decoded, decode_ahead, retrying, tag_stream
 from .cli import (
     PROG,
     add_tagging_options,
-    describe_failure,
     error,
     load_tagging_model,
     positive_int,
@@ -31,7 +27,6 @@ from .cli import (
     tag_options,
 )
 from .outputs import TagOptions, active_classes, row_times, sound_events
-from .tagging import ChunkTagger, mel_windows
 
 EXTENSIONS = "wav,mp3,flac,ogg,opus,m4a,aac,wma,webm,mp4,mkv,mov,aiff,aif"
 PREFETCH = 2  # files decoded ahead of the model
@@ -49,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model", default="small", help="Whisper model name or local checkpoint/directory")
     add("--model_dir", type=str, default=None, help="where model files are cached")
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
-    add("--batch_size", type=positive_int, default=8, help="windows per encoder call, across files")
+    add("--batch_size", type=positive_int, default=None,
+        help="windows per encoder call, across files (default: 1 on CPU, 8 on GPU)")
     add("--at_window", type=int, default=30, choices=[30, 10],
         help="encoder window in seconds: 30 (as transcribe) or 10 (as the heads were trained)")
     add("--extensions", default=EXTENSIONS, help="comma-separated extensions for directories")
@@ -104,25 +100,6 @@ def _unfinished(path: str) -> bool:
         return f.read(1) != b"\n"
 
 
-class _File:
-    """One file's windows on their way through the encoder."""
-
-    def __init__(self, path: str, mel: torch.Tensor, duration: float, window_frames: int,
-                 at_time_res: float, head):
-        self.path = path
-        self.duration = duration
-        self.windows = list(mel_windows(mel, window_frames))
-        self.remaining = len(self.windows)
-        self.tagger = ChunkTagger(head, mel.shape[-1] - N_FRAMES, at_time_res)
-
-
-def _decode(path: str, n_mels: int) -> Tuple[torch.Tensor, float]:
-    audio = load_audio(path)
-    if audio.size == 0:
-        raise ValueError(f"{path}: audio is empty (0 samples decoded)")
-    return log_mel_spectrogram(audio, n_mels, padding=N_SAMPLES), audio.shape[-1] / SAMPLE_RATE
-
-
 def record(path: str, duration: float, audio_tag: torch.Tensor, at_time_res: float,
            options: TagOptions) -> dict:
     """The JSONL line of a tagged file."""
@@ -142,17 +119,17 @@ def record(path: str, duration: float, audio_tag: torch.Tensor, at_time_res: flo
 
 
 class TagJob:
-    """Runs files through the encoder in shared batches and writes their lines."""
+    """Tags files with batch_local's ``tag_stream`` (shared encoder batches, decoding ahead in a
+    background thread) and writes their lines."""
 
-    def __init__(self, model, out, batch_size: int, window_seconds: int, at_time_res: float,
-                 options: TagOptions, progress: bool):
+    def __init__(self, model, out, batch_size: Optional[int], window_seconds: int,
+                 at_time_res: float, options: TagOptions, progress: bool):
         self.model = model
         self.out = out
         self.batch_size = batch_size
-        self.window_frames = window_seconds * 100
+        self.window_seconds = window_seconds
         self.at_time_res = at_time_res
         self.options = options
-        self.dtype = next(model.parameters()).dtype
         self.done, self.failed = 0, []
         self.files_bar = tqdm(unit="file", desc="files", disable=not progress, position=0)
         self.seconds_bar = tqdm(unit="s", desc="audio", disable=not progress, position=1,
@@ -163,68 +140,30 @@ class TagJob:
         self.out.flush()
         self.files_bar.update(1)
 
-    def fail(self, path: str, exc: BaseException):
-        message = describe_failure(path, exc)
+    def fail(self, path: str, message: str):
         tqdm.write(f"{PROG}: error: {message}", file=sys.stderr)
         self.failed.append(path)
         self.write({"path": path, "error": message})
 
-    def _finish(self, job: _File):
-        try:
-            line = record(job.path, job.duration, job.tagger.finish(), self.at_time_res,
-                          self.options)
-        except Exception as e:
-            self.fail(job.path, e)
-            return
-        self.write(line)
-        self.done += 1
-        self.seconds_bar.update(job.duration)
-
-    def _encode(self, batch: List[Tuple[_File, int, torch.Tensor]]):
-        """Encode a batch and hand each window to its file; a failure fails those files."""
-        try:
-            mels = torch.stack([window for _, _, window in batch])
-            _, pooled = self.model.embed_audio_with_layers(mels.to(self.model.device, self.dtype))
-            for (job, seek, _), layers in zip(batch, pooled):
-                job.tagger.add_window(seek, layers)
-        except Exception as e:
-            for job in {id(job): job for job, _, _ in batch}.values():
-                if job.remaining > 0:
-                    job.remaining = -1
-                    self.fail(job.path, e)
-            return
-        for job, _, _ in batch:
-            job.remaining -= 1
-            if job.remaining == 0:
-                self._finish(job)
+    def _decoded(self, paths: List[str]) -> Iterator[Decoded]:
+        for item in decode_ahead(paths, PREFETCH):
+            self.seconds_bar.total += item.duration
+            yield item
 
     def run(self, paths: List[str]):
         self.files_bar.reset(total=len(paths))
-        n_mels = self.model.dims.n_mels
-        queue: Deque[Tuple[str, Future]] = deque()
-        pending: List[Tuple[_File, int, torch.Tensor]] = []
-        todo = iter(paths)
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            while True:
-                while len(queue) < PREFETCH and (path := next(todo, None)) is not None:
-                    queue.append((path, pool.submit(_decode, path, n_mels)))
-                if len(pending) >= self.batch_size or (pending and not queue):
-                    self._encode(pending[: self.batch_size])
-                    pending = [item for item in pending[self.batch_size :] if item[0].remaining > 0]
-                    continue
-                if not queue:
-                    break
-                path, future = queue.popleft()
-                try:
-                    mel, duration = future.result()
-                    job = _File(path, mel, duration, self.window_frames, self.at_time_res,
-                                self.model.at_model)
-                except Exception as e:
-                    self.fail(path, e)
-                    continue
-                self.seconds_bar.total += duration
-                pending += [(job, seek, window) for seek, window in job.windows]
-                job.windows = None
+        outcomes = tag_stream(self.model, self._decoded(paths), self.batch_size,
+                              self.window_seconds, self.at_time_res)
+        for item, result, failure in outcomes:
+            if failure is None:
+                line, failure = retrying(1, item.path, record, item.path, item.duration,
+                                         result["audio_tag"], self.at_time_res, self.options)
+            if failure is not None:
+                self.fail(item.path, failure)
+                continue
+            self.write(line)
+            self.done += 1
+            self.seconds_bar.update(item.duration)
         self.files_bar.close()
         self.seconds_bar.close()
 

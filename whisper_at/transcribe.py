@@ -4,7 +4,9 @@ openai-whisper's own ``transcribe`` function runs; ``WhisperAT.decode`` sees eve
 it decodes, encodes it once (with the pooled tap) and hands each new window to a
 :class:`~whisper_at.tagging.ChunkTagger`. To know where a window sits in the audio we keep the
 full log-mel that transcribe computes: the function is rebound with a ``log_mel_spectrogram``
-that records its result (same code object, private globals; nothing global is patched).
+that records its result (same code object, private globals; nothing global is patched). That
+log-mel is made by :func:`whisper_at.mel.log_mel_spectrogram`: the same values, a chunk at a time
+(no audio-length STFT transients).
 """
 
 import importlib
@@ -14,9 +16,10 @@ from typing import Tuple, Union
 
 import numpy as np
 from torch import Tensor
-from whisper.audio import N_FRAMES, log_mel_spectrogram
+from whisper.audio import N_FRAMES
 
 from .audio_io import as_audio
+from .mel import log_mel_spectrogram
 from .model import WhisperAT
 from .tagging import TRAINED_TIME_RES, ChunkTagger, check_at_time_res
 

@@ -11,7 +11,6 @@ import warnings
 from typing import Dict, Optional, Union
 
 import torch
-from filelock import FileLock
 from torch import Tensor
 from tqdm import tqdm
 
@@ -39,6 +38,13 @@ HEAD_URLS: Dict[str, str] = {
 
 # sha256 of head files, where known (the 2023 release published none; add them as verified).
 HEAD_SHA256: Dict[str, str] = {}
+
+
+def _lock(path: str):
+    """An inter-process lock beside path (filelock is imported on first use)."""
+    from filelock import FileLock
+
+    return FileLock(path + ".lock")
 
 
 def head_key(name: str, low_compute: bool) -> str:
@@ -70,7 +76,7 @@ def download(url: str, target: str, sha256: Optional[str] = None, timeout: float
     os.makedirs(directory, exist_ok=True)
     if os.path.exists(target) and not os.path.isfile(target):
         raise RuntimeError(f"{target} exists and is not a regular file")
-    with FileLock(target + ".lock"):
+    with _lock(target):
         if os.path.isfile(target):
             if sha256 is None or _sha256(target) == sha256:
                 return target
@@ -175,7 +181,7 @@ def load_head_file(name: str, low_compute: bool, root: Optional[str] = None) -> 
         return load_state_dict(path)
     except RuntimeError as e:
         warnings.warn(f"{e}; downloading {path} again", stacklevel=2)
-    with FileLock(path + ".lock"):  # unless another process has replaced it meanwhile
+    with _lock(path):  # unless another process has replaced it meanwhile
         if os.path.isfile(path) and os.stat(path).st_ino == stat.st_ino:
             os.remove(path)
     return load_state_dict(head_file(name, low_compute, root))

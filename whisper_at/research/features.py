@@ -18,10 +18,9 @@ from typing import Iterable, List, Optional, Tuple
 import numpy as np
 import torch
 from torch import Tensor
-from whisper.audio import N_SAMPLES, log_mel_spectrogram, pad_or_trim
 
 from ..audio_io import load_audio
-from ..tagging import mel_windows
+from ..mel import MelWindows
 from .common import clip_id, default_device, list_audio, load_backbone
 from .labelsets import read_labels
 from .store import FeatureWriter
@@ -41,12 +40,10 @@ def clip_mel(audio: np.ndarray, n_mels: int, mode: str = "trim10") -> Tensor:
     frames = check_mode(mode) * 100
     # the log-mel of the whole clip, as tag() and transcribe() compute it (its dynamic range
     # and the STFT frames at the window's end depend on the audio after the window)
-    mel = log_mel_spectrogram(
-        torch.as_tensor(audio, dtype=torch.float32), n_mels, padding=N_SAMPLES
-    )
-    window = next(mel_windows(mel, frames), None)
+    windows = MelWindows(torch.as_tensor(audio, dtype=torch.float32), n_mels, frames)
+    window = next(iter(windows), None)
     if window is None:  # empty clip
-        return pad_or_trim(mel[:, :0], frames)
+        return torch.zeros(n_mels, frames)
     return window[1]
 
 
