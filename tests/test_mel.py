@@ -37,15 +37,16 @@ def test_windows_equal_upstream_windows(long_speech_wav, silence_wav, speech_wav
         audio = whisper.load_audio(str(path))
         full = log_mel_spectrogram(audio, 80, padding=N_SAMPLES)
         content = full.shape[-1] - N_FRAMES
-        for frames in (N_FRAMES, 1000):
-            windows = mel.MelWindows(audio, 80, frames)
+        for frames, keep_bytes in [(N_FRAMES, 0), (1000, 0), (N_FRAMES, mel.KEEP_BYTES)]:
+            # keep_bytes=0: two passes, nothing kept (as for audio longer than ~8 min)
+            windows = mel.MelWindows(audio, 80, frames, keep_bytes)
             assert windows.content_frames == content
             got = list(windows)
             assert len(got) == len(windows) == -(-content // frames)
             for seek, window in got:
                 size = min(frames, content - seek)
                 expected = pad_or_trim(full[:, seek : seek + size], frames)
-                assert torch.equal(window, expected), (path.name, frames, seek)
+                assert torch.equal(window, expected), (path.name, frames, keep_bytes, seek)
 
 
 def test_silence_and_empty_audio(silence_wav):
@@ -54,7 +55,11 @@ def test_silence_and_empty_audio(silence_wav):
         mel.log_mel_spectrogram(silent, padding=N_SAMPLES),
         log_mel_spectrogram(silent, padding=N_SAMPLES),
     )
-    empty = mel.MelWindows(np.zeros(0, dtype=np.float32))
-    assert len(empty) == 0 and list(empty) == []
+    for keep_bytes in (0, mel.KEEP_BYTES):
+        empty = mel.MelWindows(np.zeros(0, dtype=np.float32), keep_bytes=keep_bytes)
+        assert len(empty) == 0 and list(empty) == []
+        windows = mel.MelWindows(silent, keep_bytes=keep_bytes)
+        expected = log_mel_spectrogram(silent, padding=N_SAMPLES)[:, :300]
+        assert torch.equal(next(iter(windows))[1], pad_or_trim(expected, N_FRAMES))
     with pytest.raises(ValueError, match="1-D"):
         mel.MelWindows(np.zeros((2, 100), dtype=np.float32))

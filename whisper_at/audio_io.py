@@ -9,12 +9,15 @@ decoders differ from the installed ffmpeg's (docs/loading.md has the measurement
 import os
 import shutil
 import subprocess
+import tempfile
 import warnings
 from typing import List, Union
 
 import numpy as np
 import torch
 from whisper.audio import SAMPLE_RATE
+
+_READ_BYTES = 1 << 22  # ffmpeg output read per call
 
 
 def have_ffmpeg() -> bool:
@@ -127,15 +130,28 @@ def _ffmpeg_error(path: str, stderr: bytes) -> str:
 
 
 def load_audio_ffmpeg(path: str, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode with the ffmpeg CLI as ``whisper.load_audio`` does (same command, same samples),
-    scaling in place: one float32 copy of the audio at a time instead of two."""
+    """Decode with the ffmpeg CLI as ``whisper.load_audio`` does (same command, same samples).
+
+    The 16-bit output is read in chunks and converted into one preallocated float32 array,
+    each chunk freed as it is converted: at most the int16 bytes plus the result are held
+    (``whisper.load_audio`` holds the bytes twice, then two float32 copies)."""
     cmd = ["ffmpeg", "-nostdin", "-threads", "0", "-i", path, "-f", "s16le", "-ac", "1",
            "-acodec", "pcm_s16le", "-ar", str(sr), "-"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True)
-    if proc.returncode != 0:
-        raise RuntimeError(_ffmpeg_error(path, proc.stderr))
-    audio = np.frombuffer(proc.stdout, np.int16).astype(np.float32)
-    del proc
+    chunks = []
+    with tempfile.TemporaryFile() as stderr:
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr) as proc:
+            while chunk := proc.stdout.read(_READ_BYTES):  # full reads: even lengths until EOF
+                chunks.append(chunk)
+        if proc.returncode != 0:
+            stderr.seek(0)
+            raise RuntimeError(_ffmpeg_error(path, stderr.read()))
+    audio = np.empty(sum(len(chunk) for chunk in chunks) // 2, dtype=np.float32)
+    start = 0
+    for i, chunk in enumerate(chunks):
+        samples = np.frombuffer(chunk, np.int16, count=len(chunk) // 2)
+        audio[start : start + samples.size] = samples
+        start += samples.size
+        chunks[i] = samples = None
     audio /= 32768.0
     return audio
 

@@ -4,8 +4,9 @@
 hour of audio that is ~1.2 GB of transient tensors. Here each chunk of STFT frames is computed
 from its own samples (the same reflect/zero padding, the same frames), which gives bit-identical
 values with transients the size of one chunk; ``log_mel_spectrogram`` is a drop-in, and
-``MelWindows`` yields the 30 s (or 10 s) windows one at a time without ever holding the whole
-spectrogram (a first pass finds the global maximum that the normalisation needs).
+``MelWindows`` yields the 30 s (or 10 s) windows one at a time; for long audio without ever
+holding the whole spectrogram (a first pass finds the global maximum that the normalisation
+needs, a second makes each window).
 """
 
 import math
@@ -28,6 +29,9 @@ CHUNK_FRAMES = 3000  # STFT frames per chunk: 30 s of audio
 # The mel matmul of a few frames takes another BLAS path (a different summation order: the last
 # bits differ; measured below 12 frames); narrower requests are computed this wide and cut.
 MIN_FRAMES = 1000
+# MelWindows keeps a file's whole spectrogram up to this size (~8.7 min of audio at 80 mels):
+# one STFT pass; longer audio is scanned twice (maximum, then window by window) in constant memory
+KEEP_BYTES = 16 << 20
 _HALF = N_FFT // 2
 
 
@@ -57,17 +61,18 @@ class _Spectrogram:
         start = max(0, min(f0, self.n_frames - width))
         if (start, width) != (f0, f1 - f0):
             return self.log10(start, start + width)[:, f0 - start : f1 - start]
-        n = self.n_padded
-        # the samples of frames f0..f1-1 of a centred STFT: reflect-padded by N_FFT // 2 at
-        # both ends of the zero-padded signal
-        index = torch.arange(
-            f0 * HOP_LENGTH - _HALF, (f1 - 1) * HOP_LENGTH + _HALF, device=self.audio.device
-        )
-        index = torch.where(index < 0, -index, index)
-        index = torch.where(index >= n, 2 * (n - 1) - index, index)
-        inside = index < self.n_audio
-        segment = torch.zeros(index.shape[0], dtype=self.audio.dtype, device=self.audio.device)
-        segment[inside] = self.audio[index[inside]]
+        lo, hi = f0 * HOP_LENGTH - _HALF, (f1 - 1) * HOP_LENGTH + _HALF
+        if lo >= 0 and hi <= self.n_audio:  # inside the audio: no padding to emulate
+            segment = self.audio[lo:hi]
+        else:  # the samples of a centred STFT: reflect-padded by N_FFT // 2 at both ends of
+            # the zero-padded signal
+            n = self.n_padded
+            index = torch.arange(lo, hi, device=self.audio.device)
+            index = torch.where(index < 0, -index, index)
+            index = torch.where(index >= n, 2 * (n - 1) - index, index)
+            inside = index < self.n_audio
+            segment = torch.zeros(index.shape[0], dtype=self.audio.dtype, device=self.audio.device)
+            segment[inside] = self.audio[index[inside]]
         stft = torch.stft(
             segment, N_FFT, HOP_LENGTH, window=self.window, center=False, return_complex=True
         )
@@ -77,20 +82,29 @@ class _Spectrogram:
         for start in range(f0, f1, CHUNK_FRAMES):
             yield start, self.log10(start, min(start + CHUNK_FRAMES, f1))
 
-    def max(self) -> Tensor:
-        """The maximum over all frames, as ``log_spec.max()`` upstream, without keeping them.
-
-        Frames whose samples are all padding have one value (that of silence); it is computed
-        once rather than for each of the padding's 3000 frames."""
-        audio_frames = min(self.n_frames, math.ceil((self.n_audio + _HALF) / HOP_LENGTH))
+    @property
+    def audio_frames(self) -> int:
+        """Frames before which every frame is computed; the ones after see only padding."""
         if self.n_padded - self.n_audio < N_FFT:  # the end's reflection reaches the audio
-            audio_frames = self.n_frames
-        peaks = [chunk.max() for _, chunk in self.chunks(0, audio_frames)]
+            return self.n_frames
+        return min(self.n_frames, math.ceil((self.n_audio + _HALF) / HOP_LENGTH))
+
+    def scan(self, keep: bool) -> Tuple[Optional[Tensor], Tensor]:
+        """(the log10 frames before ``audio_frames`` if ``keep``, else None; the maximum over
+        all frames, as ``log_spec.max()`` upstream). Frames that see only padding have one
+        value (that of silence): it is computed once, not for each of them."""
+        audio_frames = self.audio_frames
+        kept = torch.empty(self.n_mels, audio_frames, device=self.audio.device) if keep else None
+        peaks = []
+        for f0, chunk in self.chunks(0, audio_frames):
+            peaks.append(chunk.max())
+            if kept is not None:
+                kept[:, f0 : f0 + chunk.shape[-1]] = chunk
         if audio_frames < self.n_frames:
             peaks.append(self.log10(audio_frames, audio_frames + 1).max())
         if not peaks:  # no frames at all: upstream's max() raises as well
             raise RuntimeError("cannot compute a log-mel spectrogram of empty audio")
-        return torch.stack(peaks).max()
+        return kept, torch.stack(peaks).max()
 
 
 def _normalise(log_spec: Tensor, peak: Tensor) -> Tensor:
@@ -110,7 +124,7 @@ def log_mel_spectrogram(
     out = torch.empty(n_mels, spec.n_frames, device=spec.audio.device)
     for f0, chunk in spec.chunks(0, spec.n_frames):
         out[:, f0 : f0 + chunk.shape[-1]] = chunk
-    peak = out.max() if spec.n_frames else spec.max()
+    peak = out.max() if spec.n_frames else spec.scan(keep=False)[1]
     return _normalise(out, peak)
 
 
@@ -120,11 +134,16 @@ class MelWindows:
     window_frames)`` of ``whisper.audio.log_mel_spectrogram``'s result, as transcribe cuts them
     (the last one zero-padded in log-mel space)."""
 
-    def __init__(self, audio, n_mels: int = 80, window_frames: int = N_FRAMES):
+    def __init__(
+        self, audio, n_mels: int = 80, window_frames: int = N_FRAMES, keep_bytes: int = KEEP_BYTES
+    ):
         self._spec = _Spectrogram(audio, n_mels, N_SAMPLES)
         self.window_frames = window_frames
         self.content_frames = self._spec.n_frames - N_FRAMES
-        self._peak = self._spec.max()
+        keep = self._spec.audio_frames * n_mels * 4 <= keep_bytes
+        self._mel, self._peak = self._spec.scan(keep)
+        if self._mel is not None:
+            _normalise(self._mel, self._peak)
 
     def __len__(self) -> int:
         return -(-max(self.content_frames, 0) // self.window_frames)
@@ -132,5 +151,8 @@ class MelWindows:
     def __iter__(self) -> Iterator[Tuple[int, Tensor]]:
         for seek in range(0, self.content_frames, self.window_frames):
             size = min(self.window_frames, self.content_frames - seek)
-            window = _normalise(self._spec.log10(seek, seek + size), self._peak)
+            if self._mel is not None:
+                window = self._mel[:, seek : seek + size]
+            else:
+                window = _normalise(self._spec.log10(seek, seek + size), self._peak)
             yield seek, pad_or_trim(window, self.window_frames)

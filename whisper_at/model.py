@@ -54,9 +54,11 @@ class _CachedWindow:
 
 
 class _WindowCache:
-    """The most recently encoded windows, matched by exact content."""
+    """The most recently encoded window(s), matched by exact content. openai-whisper's
+    transcribe only moves forward, so one window (the one being decoded, detected and retried
+    at higher temperatures) is all it asks for again."""
 
-    def __init__(self, size: int = 3):
+    def __init__(self, size: int = 1):
         self.size = size
         self.items: List[_CachedWindow] = []
 

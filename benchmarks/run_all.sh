@@ -1,0 +1,18 @@
+#!/bin/sh
+# Run every benchmark in turn, saving each one's table in results/NAME.txt (stderr in NAME.err)
+# and the load average before and after in results/run.log. Run it on an idle machine.
+set -u
+cd "$(dirname "$0")"
+mkdir -p results
+run() {
+    name=$1; shift
+    echo "== $(date +%T) $name: $* (load $(cut -d' ' -f1-3 /proc/loadavg))" >> results/run.log
+    python "$@" > "results/$name.txt" 2> "results/$name.err"
+    echo "== $(date +%T) $name done rc=$? (load $(cut -d' ' -f1-3 /proc/loadavg))" >> results/run.log
+}
+run scaling bench_scaling.py
+run tagging bench_tagging.py
+run overhead bench_overhead.py
+run overhead_en bench_overhead.py --language en --models base
+run fallback bench_fallback.py
+run scaling_transcribe bench_scaling.py --minutes 1 5 --transcribe --repeats 1
