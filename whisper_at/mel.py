@@ -132,15 +132,21 @@ class MelWindows:
     """The consecutive windows ``(seek, [n_mels, window_frames])`` of a log-mel computed with
     ``padding=N_SAMPLES``, made one at a time: ``pad_or_trim(mel[:, seek : seek + size],
     window_frames)`` of ``whisper.audio.log_mel_spectrogram``'s result, as transcribe cuts them
-    (the last one zero-padded in log-mel space)."""
+    (the last one zero-padded in log-mel space). A spectrogram of up to ``keep_bytes`` (default
+    ``KEEP_BYTES``) is kept whole; a longer one is scanned twice and never held."""
 
     def __init__(
-        self, audio, n_mels: int = 80, window_frames: int = N_FRAMES, keep_bytes: int = KEEP_BYTES
+        self,
+        audio,
+        n_mels: int = 80,
+        window_frames: int = N_FRAMES,
+        keep_bytes: Optional[int] = None,
     ):
         self._spec = _Spectrogram(audio, n_mels, N_SAMPLES)
         self.window_frames = window_frames
         self.content_frames = self._spec.n_frames - N_FRAMES
-        keep = self._spec.audio_frames * n_mels * 4 <= keep_bytes
+        limit = KEEP_BYTES if keep_bytes is None else keep_bytes
+        keep = self._spec.audio_frames * n_mels * 4 <= limit
         self._mel, self._peak = self._spec.scan(keep)
         if self._mel is not None:
             _normalise(self._mel, self._peak)
