@@ -115,17 +115,22 @@ def test_find_inputs_directory_glob_and_manifests(collection, tmp_path):
 # ---------------------------------------------------------------- the local engine
 
 
-def test_tag_batches_windows_across_files(tiny_at, collection, long_speech_wav):
+def test_tag_batches_windows_across_files(tiny_at, collection, long_speech_wav, tmp_path):
     """The 10 s windows of a 61 s file and of clips share encoder batches of 3; every file's
-    audio_tag equals whisper_at.tag on that file alone, and a broken file only fails itself."""
+    audio_tag equals whisper_at.tag on that file alone, and a broken file only fails itself.
+    A 2 ms file (no full mel frame: no window) still gets its line, with no rows."""
+    blip = tmp_path / "blip.wav"
+    _sox(long_speech_wav, blip, "trim", "0", "0.002")
     paths = [str(collection / "clip01.wav"), str(long_speech_wav), str(collection / "broken.wav"),
-             str(collection / "clip02.wav")]
+             str(blip), str(collection / "clip02.wav")]
     options = BatchOptions(task="tag", batch_size=3, window_seconds=10)
     got = {line["path"]: (line, audio_tag)
            for line, audio_tag in process(tiny_at, decode_ahead(paths, 2), options)}
     assert sorted(got) == sorted(paths)
     assert "cannot decode audio file" in got[paths[2]][0]["error"]
-    for path in paths[:2] + paths[3:]:
+    line, audio_tag = got[paths[3]]
+    assert "error" not in line and line["tags"] == [] and audio_tag.shape == (0, 527)
+    for path in paths[:2] + paths[4:]:
         line, audio_tag = got[path]
         expected = tag(tiny_at, path, window_seconds=10)["audio_tag"]
         assert audio_tag.shape == expected.shape

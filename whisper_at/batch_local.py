@@ -221,6 +221,9 @@ def tag_stream(
         if error:
             yield item, None, error
             continue
+        if job.remaining == 0:  # under one mel frame of audio: no window, all rows NaN
+            yield job.finish()
+            continue
         queued.add(job)
         while queued.available >= batch_size:
             yield from _encode_batch(model, queued.take(batch_size))
