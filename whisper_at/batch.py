@@ -26,6 +26,7 @@ from .batch_local import TASKS, BatchOptions
 from .batch_shards import ShardWriter, completed, lock_output_dir, remove_temp_shards
 from .cli import (
     add_tagging_options,
+    batch_size_arg,
     describe_failure,
     error,
     report,
@@ -236,8 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--retry_failed", action="store_true", help="with --resume, redo files that failed")
     add("--shard_size", type=int, default=100, help="finish a shard after this many files")
     add("--shard_seconds", type=float, default=60.0, help="... or after this many seconds")
-    add("--batch_size", type=int, default=None,
-        help="tag: windows per encoder call, across files (default: 1 on CPU, 8 on GPU)")
+    add("--batch_size", type=batch_size_arg, default="auto",
+        help="tag: windows per encoder call, across files (auto: 1 on CPU, 8 on GPU)")
     add("--at_window", type=int, choices=[30, 10], default=30, help="tag: encoder window (s)")
     add("--prefetch", type=int, default=2, help="local: files decoded ahead of the model")
     add("--seed", type=int, default=0, help="torch seed set before each transcription")
@@ -264,8 +265,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     source, output_dir = args.pop("audio"), args.pop("output")
     if args.pop("output_dir") is not None:
         parser.error("the output directory is the second argument, OUTPUT_DIR")
-    for name in ("batch_size", "shard_size", "files_per_batch", "prefetch"):
-        if args[name] is not None and args[name] < 1:
+    for name in ("shard_size", "files_per_batch", "prefetch"):
+        if args[name] < 1:
             parser.error(f"--{name} must be at least 1, got {args[name]}")
     task, output_format = args.pop("task"), args.pop("output_format")
     if task == "tag" and output_format not in ("none",) + TAG_FORMATS:

@@ -97,6 +97,11 @@ def positive_int(value: str) -> int:
     return number
 
 
+def batch_size_arg(value: str) -> Optional[int]:
+    """``--batch_size``: a positive int, or "auto" (None: 1 on CPU, 8 on GPU)."""
+    return None if value == "auto" else positive_int(value)
+
+
 def logit(value: str) -> float:
     number = float(value)
     if number != number:

@@ -20,9 +20,9 @@ from .batch_local import Decoded, decode_ahead, retrying, tag_stream
 from .cli import (
     PROG,
     add_tagging_options,
+    batch_size_arg,
     error,
     load_tagging_model,
-    positive_int,
     report,
     tag_options,
 )
@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model", default="small", help="Whisper model name or local checkpoint/directory")
     add("--model_dir", type=str, default=None, help="where model files are cached")
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
-    add("--batch_size", type=positive_int, default=None,
-        help="windows per encoder call, across files (default: 1 on CPU, 8 on GPU)")
+    add("--batch_size", type=batch_size_arg, default="auto",
+        help="windows per encoder call, across files (auto: 1 on CPU, 8 on GPU)")
     add("--at_window", type=int, default=30, choices=[30, 10],
         help="encoder window in seconds: 30 (as transcribe) or 10 (as the heads were trained)")
     add("--extensions", default=EXTENSIONS, help="comma-separated extensions for directories")
