@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 from whisper.utils import optional_int, str2bool
 
-from .batch_local import Decoded, decode_ahead, retrying, tag_stream
+from .batch_local import BatchOptions, Decoded, decode_ahead, process
 from .cli import (
     PROG,
     add_tagging_options,
@@ -119,17 +119,15 @@ def record(path: str, duration: float, audio_tag: torch.Tensor, at_time_res: flo
 
 
 class TagJob:
-    """Tags files with batch_local's ``tag_stream`` (shared encoder batches, decoding ahead in a
+    """Tags files with batch_local's ``process`` (shared encoder batches, decoding ahead in a
     background thread) and writes their lines."""
 
     def __init__(self, model, out, batch_size: Optional[int], window_seconds: int,
                  at_time_res: float, options: TagOptions, progress: bool):
         self.model = model
         self.out = out
-        self.batch_size = batch_size
-        self.window_seconds = window_seconds
-        self.at_time_res = at_time_res
-        self.options = options
+        self.options = BatchOptions(task="tag", at_time_res=at_time_res, batch_size=batch_size,
+                                    window_seconds=window_seconds, tags=options)
         self.done, self.failed = 0, []
         self.files_bar = tqdm(unit="file", desc="files", disable=not progress, position=0)
         self.seconds_bar = tqdm(unit="s", desc="audio", disable=not progress, position=1,
@@ -152,18 +150,13 @@ class TagJob:
 
     def run(self, paths: List[str]):
         self.files_bar.reset(total=len(paths))
-        outcomes = tag_stream(self.model, self._decoded(paths), self.batch_size,
-                              self.window_seconds, self.at_time_res)
-        for item, result, failure in outcomes:
-            if failure is None:
-                line, failure = retrying(1, item.path, record, item.path, item.duration,
-                                         result["audio_tag"], self.at_time_res, self.options)
-            if failure is not None:
-                self.fail(item.path, failure)
+        for line, _ in process(self.model, self._decoded(paths), self.options):
+            if "error" in line:
+                self.fail(line["path"], line["error"])
                 continue
             self.write(line)
             self.done += 1
-            self.seconds_bar.update(item.duration)
+            self.seconds_bar.update(line["duration"])
         self.files_bar.close()
         self.seconds_bar.close()
 
