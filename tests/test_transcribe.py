@@ -15,6 +15,7 @@ from whisper.audio import (
     log_mel_spectrogram,
     pad_or_trim,
 )
+from whisper.model import disable_sdpa
 
 import whisper_at
 
@@ -122,7 +123,7 @@ def test_long_audio_identical_and_rows_aligned(tiny_plain, tiny_at, long_speech_
     for i, seek in enumerate(seeks):
         window = pad_or_trim(mel[:, seek : seek + min(N_FRAMES, content - seek)], N_FRAMES)
         _, pooled = tiny_at.embed_audio_with_layers(window)
-        torch.testing.assert_close(features[i], pooled, atol=1e-5, rtol=0)
+        torch.testing.assert_close(features[i], pooled, atol=1e-5, rtol=1e-5)
 
     # each row: the first window holding [k*10, k*10+10) s, at the pooled frame nearest its start
     checked = 0
@@ -135,7 +136,9 @@ def test_long_audio_identical_and_rows_aligned(tiny_plain, tiny_at, long_speech_
         offset = int((start - seeks[i]) / 40 + 0.5)
         offset = min(max(offset, 0), 50)
         with torch.no_grad():
-            expected_row = tiny_at.at_model.forward_chunks(features[i][None, :, offset:offset + 25])
+            expected_row = tiny_at.at_model.forward_chunks(
+                features[i][None, :, offset : offset + 25]
+            )
         torch.testing.assert_close(tags[k], expected_row[0], atol=1e-5, rtol=0)
         checked += 1
     assert checked >= n_rows - 1
@@ -148,7 +151,10 @@ def test_audio_tag_shape(tiny_at, long_speech_wav, seconds, at_time_res):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = tiny_at.transcribe(
-            audio, fp16=False, at_time_res=at_time_res, temperature=0.0,
+            audio,
+            fp16=False,
+            at_time_res=at_time_res,
+            temperature=0.0,
             condition_on_previous_text=False,
         )
     rows = -(-seconds * 100 // round(at_time_res * 100))
@@ -180,17 +186,19 @@ def test_batched_tap_pools_every_batch_element(tiny_at, long_speech_wav, ref_mod
     torch.testing.assert_close(features, tiny_at.encoder(batch), atol=0, rtol=0)
     for i in range(2):
         _, single = tiny_at.embed_audio_with_layers(batch[i])
-        torch.testing.assert_close(pooled[i], single, atol=1e-5, rtol=0)
+        torch.testing.assert_close(pooled[i], single, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(pooled[0], pooled[1])
     # the reference's pooling of block outputs (avg_pool2d over 20 frames, element 0 only)
     ref = ref_module.model.AudioEncoder(80, 1500, 384, 6, 4)
     ref.load_state_dict(tiny_at.encoder.state_dict())
     with torch.no_grad():
         ref_out, ref_layers = ref(batch)
-    # (its attention is computed without SDPA: equal up to float rounding of large activations,
-    # ~1e-4 relative in the deeper layers)
-    torch.testing.assert_close(ref_layers, pooled[0], atol=1e-4, rtol=5e-4)
-    torch.testing.assert_close(ref_out, features, atol=1e-4, rtol=5e-4)
+    # its attention is computed without SDPA; compare with ours computed the same way (SDPA's
+    # rounding differs by up to ~5e-3 relative in single elements, which depends on the CPU)
+    with disable_sdpa():
+        plain_features, plain_pooled = tiny_at.embed_audio_with_layers(batch)
+    torch.testing.assert_close(ref_layers, plain_pooled[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ref_out, plain_features, atol=1e-5, rtol=1e-5)
 
 
 def test_first_window_matches_reference_end_to_end(tiny_at, long_speech_wav, ref_module):
