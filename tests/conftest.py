@@ -5,6 +5,7 @@ Downloads and conversions are cached in $WHISPER_AT_TEST_CACHE (default
 under a file lock, so concurrent pytest processes can share one cache.
 """
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -46,13 +47,15 @@ def _weights_failures() -> Iterator[None]:
 
 
 def _converted(cache: Path, ct2_dir: Path, name: str) -> Path:
-    """<cache>/<name>.pt converted from ct2_dir; redone when convert.py changes."""
-    from whisper_at import convert
-    from whisper_at.weights import _sha256
+    """<cache>/<name>.pt converted from ct2_dir; redone when the conversion code changes."""
+    from whisper_at import checkpoint, convert, ct2
 
     target = cache / f"{name}.pt"
     stamp = cache / f"{name}.pt.stamp"
-    expected = _sha256(convert.__file__)
+    code = hashlib.sha256()
+    for module in (convert, checkpoint, ct2):
+        code.update(Path(module.__file__).read_bytes())
+    expected = code.hexdigest()
     with testkit.locked(cache, name + ".pt"):
         if target.is_file() and stamp.is_file() and stamp.read_text() == expected:
             return target

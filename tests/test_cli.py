@@ -167,6 +167,10 @@ def _errors(capsys) -> list:
     (["a.wav", "--highlight_words", "True"], "--highlight_words requires --word_timestamps"),
     (["tag", "a.wav", "--batch_size", "0"], "argument --batch_size: must be at least 1"),
     (["tag", "a.wav", "--at_window", "20"], "argument --at_window: invalid choice: 20"),
+    (["batch", "in", "out", "--shard_size", "0"], "argument --shard_size: must be at least 1"),
+    (["batch", "in", "out", "--prefetch", "-2"], "argument --prefetch: must be at least 1"),
+    (["batch", "in", "out", "--retries", "-1"], "argument --retries: must be at least 0"),
+    (["batch", "in", "out", "--files_per_batch", "x"], "argument --files_per_batch: invalid"),
 ])
 def test_bad_options_exit_2_before_loading(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:

@@ -15,7 +15,8 @@ import torch
 import whisper
 from whisper.model import ModelDimensions, Whisper, sinusoids
 
-from whisper_at import convert
+from whisper_at import convert, hf
+from whisper_at.checkpoint import write_atomic
 
 
 def _words(text: str) -> List[str]:
@@ -330,7 +331,7 @@ def test_hf_round_trip_through_transformers(
 
 @pytest.fixture(scope="module")
 def hf_state(tiny_en_checkpoint) -> Dict[str, torch.Tensor]:
-    return {convert._hf_key(k): v for k, v in tiny_en_checkpoint["model_state_dict"].items()}
+    return {hf._hf_key(k): v for k, v in tiny_en_checkpoint["model_state_dict"].items()}
 
 
 def test_hf_pytorch_bin_without_generation_config(tiny_en_checkpoint, hf_state, tmp_path):
@@ -409,5 +410,5 @@ def test_write_atomic_leaves_nothing_on_failure(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        convert._write_atomic(tmp_path / "out.pt", write_then_fail)
+        write_atomic(tmp_path / "out.pt", write_then_fail)
     assert os.listdir(tmp_path) == []

@@ -4,6 +4,7 @@ Features come from the real tiny.en encoder; the set has 6 AudioSet classes (spe
 chirp, hum, white and pink noise) in known combinations: 48 training clips and 24 held out.
 """
 
+import csv
 import json
 import os
 import subprocess
@@ -176,7 +177,7 @@ def test_two_process_ddp_matches_the_single_process_run(features, short_run, tmp
     _assert_same_run(tmp_path, short_run, **tolerances)
 
 
-def test_probe_reports_layerwise_accuracy_with_folds_and_plots(synth, features, tmp_path):
+def test_probe_reports_layerwise_accuracy_with_folds_and_plots(synth, features, tmp_path, capsys):
     out, plot = tmp_path / "probe.json", tmp_path / "probe.png"
     args = ["probe", features["train"], "--labels", str(synth["train"].esc50_csv)]
     assert research_main(args + ["--out", str(out), "--plot", str(plot)]) == 0
@@ -186,9 +187,24 @@ def test_probe_reports_layerwise_accuracy_with_folds_and_plots(synth, features, 
     assert len(result["accuracy"]) == 4  # one per encoder layer of tiny
     assert min(result["accuracy"]) > max(0.6, 3 * result["chance"])
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
-    # multi-label (AudioSet-style) labels are refused with a hint
-    with pytest.raises(ValueError, match="one label per clip"):
-        research_main(["probe", features["train"]])
+    # multi-label (AudioSet-style) labels are refused with a hint; bad input is named
+    assert research_main(["probe", features["train"]]) == 1
+    assert "whisper-at probe: error: " in capsys.readouterr().err
+    no_folds = tmp_path / "no_folds.csv"  # the ESC-50 labels without their folds: k-fold CV
+    with open(synth["train"].esc50_csv, newline="") as f:
+        rows = [row[:1] + row[2:] for row in csv.reader(f)]
+    with open(no_folds, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    bad = {
+        "n_splits must be at least 2": ["--labels", str(no_folds), "--n_splits", "1"],
+        "missing.csv": ["--labels", str(tmp_path / "missing.csv")],
+    }
+    for expected, args in bad.items():
+        assert research_main(["probe", features["train"], *args]) == 1
+        message = capsys.readouterr().err
+        assert message.startswith("whisper-at probe: error: ") and expected in message
+    assert research_main(["probe", str(tmp_path / "nothing")]) == 1
+    assert "nothing is not a features directory" in capsys.readouterr().err
 
 
 def test_low_compute_head_trains_and_loads_as_tltr_512(features, tiny_en_pt, tmp_path):

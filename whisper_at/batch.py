@@ -29,6 +29,8 @@ from .cli import (
     batch_size_arg,
     describe_failure,
     error,
+    non_negative_int,
+    positive_int,
     report,
     tag_options,
     transcribe_options,
@@ -235,14 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--resume", action=argparse.BooleanOptionalAction, default=True,
         help="skip files with a record in a finished shard of OUTPUT_DIR")
     add("--retry_failed", action="store_true", help="with --resume, redo files that failed")
-    add("--shard_size", type=int, default=100, help="finish a shard after this many files")
+    add("--shard_size", type=positive_int, default=100, help="finish a shard after this many files")
     add("--shard_seconds", type=float, default=60.0, help="... or after this many seconds")
     add("--batch_size", type=batch_size_arg, default="auto",
         help="tag: windows per encoder call, across files (auto: 1 on CPU, 8 on GPU)")
     add("--at_window", type=int, choices=[30, 10], default=30, help="tag: encoder window (s)")
-    add("--prefetch", type=int, default=2, help="local: files decoded ahead of the model")
+    add("--prefetch", type=positive_int, default=2, help="local: files decoded ahead of the model")
     add("--seed", type=int, default=0, help="torch seed set before each transcription")
-    add("--retries", type=int, default=1, help="extra attempts at a failing file")
+    add("--retries", type=non_negative_int, default=1, help="extra attempts at a failing file")
     group = parser.add_argument_group("ray engine")
     add = group.add_argument
     add("--address", default="local",
@@ -254,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--cpus_per_actor", type=float, default=1, help="CPUs (torch threads) per actor")
     add("--num_cpus", type=optional_int, default=None,
         help="CPUs of a local Ray instance (None: all)")
-    add("--files_per_batch", type=int, default=8, help="files per model actor call")
+    add("--files_per_batch", type=positive_int, default=8, help="files per model actor call")
     return parser
 
 
@@ -265,9 +267,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     source, output_dir = args.pop("audio"), args.pop("output")
     if args.pop("output_dir") is not None:
         parser.error("the output directory is the second argument, OUTPUT_DIR")
-    for name in ("shard_size", "files_per_batch", "prefetch"):
-        if args[name] < 1:
-            parser.error(f"--{name} must be at least 1, got {args[name]}")
     task, output_format = args.pop("task"), args.pop("output_format")
     if task == "tag" and output_format not in ("none",) + TAG_FORMATS:
         parser.error(f"--task tag writes --output_format {', '.join(TAG_FORMATS)} or none")

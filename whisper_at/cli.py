@@ -90,11 +90,19 @@ def at_time_res(value: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def positive_int(value: str) -> int:
+def _int_at_least(value: str, least: int) -> int:
     number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if number < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
     return number
+
+
+def positive_int(value: str) -> int:
+    return _int_at_least(value, 1)
+
+
+def non_negative_int(value: str) -> int:
+    return _int_at_least(value, 0)
 
 
 def batch_size_arg(value: str) -> Optional[int]:

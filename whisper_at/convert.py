@@ -2,46 +2,21 @@
 checkpoints, and back to the transformers layout. ``whisper-at convert SRC DST`` is ``main``."""
 
 import argparse
-import base64
-import gzip
-import json
 import os
 import re
 import sys
-import tempfile
-from dataclasses import asdict
-from functools import partial
-from typing import Callable, Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
-import whisper
-from whisper.model import AudioEncoder, ModelDimensions, TextDecoder, sinusoids
+from whisper.model import ModelDimensions, sinusoids
 
+from .checkpoint import alignment_heads_mask, load_openai, make_checkpoint, save_checkpoint
 from .ct2 import CT2Source, PathLike, _is_ct2_file, _part_number, read_ct2_model
-from .weights import load_state_dict
+from .hf import HF_WEIGHTS, hf_to_openai, openai_to_hf
 
-_HF_WEIGHTS = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
-# (n_mels, n_vocab, n_audio_state, n_audio_layer, n_text_layer) of the official models, to give
-# converted ones openai-whisper's alignment heads; large-v1/v2 share dims, so neither is listed
-_OPENAI_SIZES = {
-    (80, 51864, 384, 4, 4): "tiny.en",
-    (80, 51865, 384, 4, 4): "tiny",
-    (80, 51864, 512, 6, 6): "base.en",
-    (80, 51865, 512, 6, 6): "base",
-    (80, 51864, 768, 12, 12): "small.en",
-    (80, 51865, 768, 12, 12): "small",
-    (80, 51864, 1024, 24, 24): "medium.en",
-    (80, 51865, 1024, 24, 24): "medium",
-    (128, 51866, 1280, 32, 32): "large-v3",
-    (128, 51866, 1280, 32, 4): "large-v3-turbo",
-}
-
+__all__ = ["alignment_heads_mask", "ct2_to_openai", "detect_format", "load_checkpoint",
+           "openai_to_hf", "read_ct2_model", "save_checkpoint"]  # fmt: skip
 
 
 def _weight(variables: Dict[str, np.ndarray], name: str) -> torch.Tensor:
@@ -70,34 +45,6 @@ def _num_layers(variables: Dict[str, np.ndarray], prefix: str) -> int:
 def _num_heads(variables: Dict[str, np.ndarray], config: dict, prefix: str, state: int) -> int:
     heads = _scalar(variables, f"{prefix}/num_heads") or config.get("num_heads")
     return int(heads) if heads else state // 64
-
-
-def alignment_heads_mask(heads: Sequence[Sequence[int]], n_layer: int, n_head: int) -> torch.Tensor:
-    """Bool [n_layer, n_head] mask from a list of (layer, head) pairs."""
-    mask = torch.zeros(n_layer, n_head, dtype=torch.bool)
-    for layer, head in heads:
-        if not (0 <= layer < n_layer and 0 <= head < n_head):
-            raise ValueError(f"Alignment head ({layer}, {head}) out of range {n_layer}x{n_head}")
-        mask[layer, head] = True
-    return mask
-
-
-def _checkpoint(dims: ModelDimensions, state: dict, heads: Optional[Sequence] = None) -> dict:
-    """A checkpoint dict, with the model's own alignment heads (a list of (layer, head)) or,
-    for an official model size, openai-whisper's (else openai-whisper's default applies)."""
-    checkpoint = {"dims": asdict(dims), "model_state_dict": state}
-    size = (dims.n_mels, dims.n_vocab, dims.n_audio_state, dims.n_audio_layer, dims.n_text_layer)
-    if heads:
-        checkpoint["alignment_heads"] = alignment_heads_mask(
-            heads, dims.n_text_layer, dims.n_text_head
-        )
-    elif size in _OPENAI_SIZES:  # decoded as Whisper.set_alignment_heads does
-        dump = whisper._ALIGNMENT_HEADS[_OPENAI_SIZES[size]]
-        mask = np.frombuffer(gzip.decompress(base64.b85decode(dump)), dtype=bool)
-        if mask.size == dims.n_text_layer * dims.n_text_head:
-            shape = (dims.n_text_layer, dims.n_text_head)
-            checkpoint["alignment_heads"] = torch.from_numpy(mask.reshape(shape).copy())
-    return checkpoint
 
 
 def _convert_block(
@@ -188,7 +135,7 @@ def ct2_to_openai(src: CT2Source) -> dict:
     state["decoder.ln.weight"] = _weight(variables, "decoder/layer_norm/gamma")
     state["decoder.ln.bias"] = _weight(variables, "decoder/layer_norm/beta")
 
-    return _checkpoint(dims, state, config.get("alignment_heads"))
+    return make_checkpoint(dims, state, config.get("alignment_heads"))
 
 
 
@@ -202,7 +149,7 @@ def detect_format(path: PathLike) -> str:
     names = set(os.listdir(path))
     if "model.bin" in names or any(_part_number(n) >= 0 for n in names):
         return "ct2"
-    if "config.json" in names and names.intersection(_HF_WEIGHTS):
+    if "config.json" in names and names.intersection(HF_WEIGHTS):
         return "hf"
     raise ValueError(
         f"Unrecognized model directory {path}: expected model.bin or model.bin.part* "
@@ -210,191 +157,15 @@ def detect_format(path: PathLike) -> str:
     )
 
 
-# transformers names of openai-whisper modules (inside blocks, then outside) and dimensions
-_HF_BLOCK = {"attn": "self_attn", "cross_attn": "encoder_attn", "query": "q_proj", "key": "k_proj",
-             "value": "v_proj", "out": "out_proj", "attn_ln": "self_attn_layer_norm",
-             "cross_attn_ln": "encoder_attn_layer_norm", "mlp.0": "fc1", "mlp.2": "fc2",
-             "mlp_ln": "final_layer_norm"}  # fmt: skip
-_HF_TOP = {"encoder.conv1": "encoder.conv1", "encoder.conv2": "encoder.conv2",
-           "encoder.ln_post": "encoder.layer_norm", "decoder.ln": "decoder.layer_norm",
-           "decoder.token_embedding": "decoder.embed_tokens"}  # fmt: skip
-_HF_DIMS = {"n_mels": "num_mel_bins", "n_audio_ctx": "max_source_positions",
-            "n_audio_state": "d_model", "n_audio_head": "encoder_attention_heads",
-            "n_audio_layer": "encoder_layers", "n_vocab": "vocab_size",
-            "n_text_ctx": "max_target_positions", "n_text_state": "d_model",
-            "n_text_head": "decoder_attention_heads", "n_text_layer": "decoder_layers"}  # fmt: skip
-
-
-def _hf_key(key: str) -> str:
-    """The WhisperForConditionalGeneration name of an openai-whisper state_dict entry."""
-    module, param = key.rsplit(".", 1)
-    if param == "positional_embedding":
-        return f"model.{module}.embed_positions.weight"
-    block = re.match(r"(encoder|decoder)\.blocks\.(\d+)\.(.+)$", module)
-    if block:  # "cross_attn.query" -> "encoder_attn.q_proj"; "mlp.0" -> "fc1"
-        inner = _HF_BLOCK.get(block[3]) or ".".join(_HF_BLOCK[p] for p in block[3].split("."))
-        return f"model.{block[1]}.layers.{block[2]}.{inner}.{param}"
-    return f"model.{_HF_TOP[module]}.{param}"
-
-
-def _openai_shapes(dims: ModelDimensions) -> Dict[str, torch.Size]:
-    """Names and shapes of an openai-whisper state_dict, in order (built on the meta device)."""
-    d = dims
-    with torch.device("meta"):
-        encoder = AudioEncoder(d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head,
-                               d.n_audio_layer)  # fmt: skip
-        decoder = TextDecoder(d.n_vocab, d.n_text_ctx, d.n_text_state, d.n_text_head,
-                              d.n_text_layer)  # fmt: skip
-    parts = {"encoder": encoder.state_dict(), "decoder": decoder.state_dict()}
-    return {f"{part}.{k}": v.shape for part, state in parts.items() for k, v in state.items()}
-
-
-def _read_json(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _hf_dims(path: str) -> ModelDimensions:
-    config = _read_json(path)
-    if config.get("model_type") != "whisper":
-        raise ValueError(f"{path}: model_type is {config.get('model_type')!r}, not 'whisper'")
-    try:
-        dims = ModelDimensions(**{k: int(config[v]) for k, v in _HF_DIMS.items()})
-        ffn = (config["encoder_ffn_dim"], config["decoder_ffn_dim"])
-    except KeyError as e:
-        raise ValueError(f"{path} has no {e}") from None
-    width = 4 * dims.n_audio_state
-    gelu = config.get("activation_function", "gelu") == "gelu"
-    if ffn != (width, width) or not gelu or config.get("scale_embedding"):
-        raise ValueError(
-            f"{path}: not openai-whisper's architecture (needs ffn dims 4 x d_model = {width}, "
-            f"gelu, unscaled embeddings; got ffn {ffn})"
-        )
-    return dims
-
-
-def _hf_weights(path: str) -> Dict[str, torch.Tensor]:
-    """All tensors of a transformers model directory: one weights file, or shards + index."""
-    name = next((n for n in _HF_WEIGHTS if os.path.isfile(os.path.join(path, n))), None)
-    if name is None:
-        raise FileNotFoundError(f"no {' / '.join(_HF_WEIGHTS)} in {path}")
-    files = [name]
-    if name.endswith(".index.json"):
-        files = sorted(set(_read_json(os.path.join(path, name))["weight_map"].values()))
-    tensors = {}
-    for name in files:
-        state = load_state_dict(os.path.join(path, name))
-        if not isinstance(state, dict):
-            raise ValueError(f"{os.path.join(path, name)} holds no state_dict")
-        # WhisperModel saves "encoder.*"; WhisperForConditionalGeneration "model.encoder.*"
-        prefix = "" if any(key.startswith("model.") for key in state) else "model."
-        for key, value in state.items():
-            tensors[key if key.startswith("proj_out.") else prefix + key] = value
-    return tensors
-
-
-def _hf_to_openai(path: str) -> dict:
-    """Convert a transformers Whisper directory (config.json + safetensors or pytorch_model.bin,
-    possibly sharded); alignment heads come from generation_config.json when it lists them."""
-    dims = _hf_dims(os.path.join(path, "config.json"))
-    tensors = _hf_weights(path)
-    state, problems = {}, []
-    for key, shape in _openai_shapes(dims).items():
-        value = tensors.pop(_hf_key(key), None)
-        if value is None or value.shape != shape:
-            found = "missing" if value is None else f"shape {tuple(value.shape)}"
-            problems.append(f"{_hf_key(key)}: {found}, expected {tuple(shape)}")
-        else:
-            state[key] = value.contiguous()
-    proj_out = tensors.pop("proj_out.weight", None)
-    embedding = state.get("decoder.token_embedding.weight")
-    if proj_out is not None and embedding is not None and not torch.equal(proj_out, embedding):
-        problems.append("proj_out.weight differs from embed_tokens (openai-whisper ties them)")
-    problems += [f"{key}: unexpected" for key in tensors]
-    if problems:
-        more = [f"and {len(problems) - 5} more"] if len(problems) > 5 else []
-        raise ValueError(f"{path}: not a Whisper model: " + "; ".join(problems[:5] + more))
-    generation = os.path.join(path, "generation_config.json")
-    heads = _read_json(generation).get("alignment_heads") if os.path.isfile(generation) else None
-    return _checkpoint(dims, state, heads)
-
-
-def openai_to_hf(checkpoint: dict, dst: PathLike) -> None:
-    """Write a checkpoint as a transformers WhisperForConditionalGeneration directory:
-    model.safetensors, generation_config.json (token ids, alignment heads), config.json.
-    For transformers' pipelines, add the tokenizer files of the matching openai/whisper-* repo."""
-    from safetensors.torch import save_file
-
-    dims = ModelDimensions(**checkpoint["dims"])
-    if dims.n_audio_state != dims.n_text_state:
-        raise ValueError("transformers' Whisper needs n_audio_state == n_text_state")
-    eot = 50256 + (dims.n_vocab >= 51865)  # <|endoftext|>; <|startoftranscript|> follows
-    tokens = {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot}
-    tokens["decoder_start_token_id"] = eot + 1
-    config = {"architectures": ["WhisperForConditionalGeneration"], "model_type": "whisper"}
-    config.update({v: getattr(dims, k) for k, v in _HF_DIMS.items()}, **tokens)
-    config.update(encoder_ffn_dim=4 * dims.n_audio_state, decoder_ffn_dim=4 * dims.n_text_state)
-    config.update(activation_function="gelu", scale_embedding=False, tie_word_embeddings=True)
-    generation = dict(tokens, max_length=dims.n_text_ctx)
-    if checkpoint.get("alignment_heads") is not None:
-        mask = torch.as_tensor(checkpoint["alignment_heads"])
-        mask = mask.to_dense() if mask.is_sparse else mask
-        generation["alignment_heads"] = mask.nonzero().tolist()
-    tensors = {_hf_key(k): v.contiguous() for k, v in checkpoint["model_state_dict"].items()}
-    os.makedirs(dst, exist_ok=True)  # config.json last: the directory is complete once it exists
-    save = partial(save_file, tensors, metadata={"format": "pt"})
-    _write_atomic(os.path.join(dst, "model.safetensors"), save)
-    for name, data in (("generation_config.json", generation), ("config.json", config)):
-        _write_atomic(os.path.join(dst, name), partial(_write_json, data=data))
-
-
-def _write_json(path: str, data: dict) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(json.dumps(data, indent=2) + "\n")
-
-
-def _load_openai(path: str) -> dict:
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"PK\x03\x04" and not magic.startswith(b"\x80"):  # torch zip / legacy pickle
-        raise ValueError(f"{path} is not a torch checkpoint (starts with {magic!r})")
-    checkpoint = load_state_dict(path)  # weights_only: pickled code is refused, never run
-    if not isinstance(checkpoint, dict) or not {"dims", "model_state_dict"} <= checkpoint.keys():
-        raise ValueError(f"{path} is not an openai-whisper checkpoint (dims, model_state_dict)")
-    return checkpoint
-
-
 def load_checkpoint(path: PathLike) -> dict:
     """Load any supported model as an openai-whisper checkpoint dict."""
     path = os.fspath(path)
     fmt = detect_format(path)
     if fmt == "openai":
-        return _load_openai(path)
+        return load_openai(path)
     if fmt == "ct2":
         return ct2_to_openai(path)
-    return _hf_to_openai(path)
-
-
-def _write_atomic(dst: PathLike, write: Callable[[str], object]) -> None:
-    """Call write(path) with a temp file beside dst, then fsync it and rename it to dst."""
-    directory, name = os.path.split(os.path.abspath(os.fspath(dst)))
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o644)
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(directory, name))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def save_checkpoint(checkpoint: dict, dst: PathLike) -> None:
-    """Write a checkpoint with torch.save, atomically (temp file + os.replace)."""
-    _write_atomic(dst, lambda path: torch.save(checkpoint, path))
+    return hf_to_openai(path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

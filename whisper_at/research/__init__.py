@@ -26,4 +26,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"usage: whisper-at {{{names}}} ...", file=sys.stderr)
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
     module = import_module(f".{SUBCOMMANDS[argv[0]]}", __name__)
-    return module.main(argv[1:])
+    try:
+        return module.main(argv[1:])
+    except ModuleNotFoundError as e:
+        print(f"whisper-at {argv[0]}: error: {e}; pip install 'whisper-at[research]'",
+              file=sys.stderr)  # fmt: skip
+    except (OSError, ValueError) as e:  # bad paths, files or labels: the message names them
+        print(f"whisper-at {argv[0]}: error: {e}", file=sys.stderr)
+    return 1

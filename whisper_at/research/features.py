@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..audio_io import load_audio
+from ..cli import positive_int
 from ..mel import MelWindows
 from .common import clip_id, default_device, list_audio, load_backbone
 from .labelsets import read_labels
@@ -139,8 +140,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--mode", choices=sorted(MODES), default="trim10")
     parser.add_argument("--fp16", action="store_true", help="store float16 (half the disk)")
     parser.add_argument("--labels", help="AudioSet-style or ESC-50-style label CSV")
-    parser.add_argument("--shard_size", type=int, default=1000, help="clips per shard")
-    parser.add_argument("--batch_size", type=int, default=8, help="clips per encoder batch")
+    parser.add_argument("--shard_size", type=positive_int, default=1000, help="clips per shard")
+    parser.add_argument(
+        "--batch_size", type=positive_int, default=8, help="clips per encoder batch"
+    )
     parser.add_argument("--resume", action="store_true", help="skip clips already extracted")
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)

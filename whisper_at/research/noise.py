@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ..audio_io import load_audio
+from ..cli import positive_int
 from .common import clip_id, list_audio, load_backbone, plot_lines, write_json
 from .labelsets import read_labels
 
@@ -186,7 +187,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--snrs", default="-20,-10,0,10,20", help="comma-separated SNRs in dB")
     parser.add_argument("--transcripts", help="file of '<file stem> <reference text>' lines")
     parser.add_argument("--noise_labels", help="ESC-50-style CSV giving each noise file a class")
-    parser.add_argument("--max_speech", type=int, help="use only the first N utterances")
+    parser.add_argument("--max_speech", type=positive_int, help="use only the first N utterances")
     parser.add_argument("--language", default="en")
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument(

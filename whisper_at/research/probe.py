@@ -23,6 +23,8 @@ def _splits(y: np.ndarray, folds: Optional[Sequence[int]], n_splits: int, seed: 
         return [(np.flatnonzero(folds != f), np.flatnonzero(folds == f)) for f in np.unique(folds)]
     from sklearn.model_selection import StratifiedKFold
 
+    if n_splits < 2:
+        raise ValueError(f"n_splits must be at least 2, got {n_splits}")
     smallest = np.bincount(y)[np.unique(y)].min()
     k = min(n_splits, int(smallest))
     if k < 2:
