@@ -31,7 +31,6 @@ _OPENAI_SIZES = {
 }
 
 
-
 def alignment_heads_mask(heads: Sequence[Sequence[int]], n_layer: int, n_head: int) -> torch.Tensor:
     """Bool [n_layer, n_head] mask from a list of (layer, head) pairs."""
     mask = torch.zeros(n_layer, n_head, dtype=torch.bool)
@@ -61,6 +60,7 @@ def make_checkpoint(dims: ModelDimensions, state: dict, heads: Optional[Sequence
 
 
 def load_openai(path: str) -> dict:
+    """An OpenAI-format ``.pt`` file's checkpoint dict (weights only; other files refused)."""
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != b"PK\x03\x04" and not magic.startswith(b"\x80"):  # torch zip / legacy pickle

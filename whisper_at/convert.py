@@ -138,7 +138,6 @@ def ct2_to_openai(src: CT2Source) -> dict:
     return make_checkpoint(dims, state, config.get("alignment_heads"))
 
 
-
 def detect_format(path: PathLike) -> str:
     """Return "openai" (torch checkpoint file), "ct2" or "hf" (model directories)."""
     path = os.fspath(path)
