@@ -73,14 +73,7 @@ def cache_dir() -> Path:
 
 def checkpoint(model: str) -> Path:
     """OpenAI-format checkpoint (fp16 weights + alignment_heads) of "tiny" (tiny.en) or "base"."""
-    stem = MODELS[model][0]
-    target = cache_dir() / f"{stem}.pt"
-    if not target.is_file():
-        from whisper_at import convert
-
-        ct2 = testkit.ct2_dir(cache_dir(), stem)
-        convert.save_checkpoint(convert.load_checkpoint(ct2), target)
-    return target
+    return testkit.converted(cache_dir(), MODELS[model][0])
 
 
 def random_head_state(n_layer: int, n_state: int, seed: int = SEED) -> Dict:

@@ -5,8 +5,6 @@ Downloads and conversions are cached in $WHISPER_AT_TEST_CACHE (default
 under a file lock, so concurrent pytest processes can share one cache.
 """
 
-import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -46,26 +44,6 @@ def _weights_failures() -> Iterator[None]:
         pytest.fail(str(e), pytrace=False)
 
 
-def _converted(cache: Path, ct2_dir: Path, name: str) -> Path:
-    """<cache>/<name>.pt converted from ct2_dir; redone when the conversion code changes."""
-    from whisper_at import checkpoint, convert, ct2
-
-    target = cache / f"{name}.pt"
-    stamp = cache / f"{name}.pt.stamp"
-    code = hashlib.sha256()
-    for module in (convert, checkpoint, ct2):
-        code.update(Path(module.__file__).read_bytes())
-    expected = code.hexdigest()
-    with testkit.locked(cache, name + ".pt"):
-        if target.is_file() and stamp.is_file() and stamp.read_text() == expected:
-            return target
-        convert.save_checkpoint(convert.load_checkpoint(ct2_dir), target)
-        tmp = stamp.with_name(stamp.name + ".tmp")
-        tmp.write_text(expected)
-        os.replace(tmp, stamp)
-    return target
-
-
 # ---------------------------------------------------------------- model fixtures
 
 
@@ -86,13 +64,13 @@ def ct2_base_dir(cache_root: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_en_pt(cache_root: Path, ct2_tiny_en_dir: Path) -> Path:
     """OpenAI-format checkpoint of tiny.en (fp16, with "alignment_heads")."""
-    return _converted(cache_root, ct2_tiny_en_dir, "tiny.en")
+    return testkit.converted(cache_root, "tiny.en")
 
 
 @pytest.fixture(scope="session")
 def base_pt(cache_root: Path, ct2_base_dir: Path) -> Path:
     """OpenAI-format checkpoint of multilingual base (fp16, with "alignment_heads")."""
-    return _converted(cache_root, ct2_base_dir, "base")
+    return testkit.converted(cache_root, "base")
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import whisper
 from whisper.model import ModelDimensions, Whisper, sinusoids
 
 from whisper_at import convert, hf
-from whisper_at.checkpoint import write_atomic
+from whisper_at.staging import atomic_path
 
 
 def _words(text: str) -> List[str]:
@@ -403,12 +403,10 @@ def test_convert_cli(ct2_tiny_en_dir, tiny_en_checkpoint, tmp_path, capsys):
     assert convert.load_checkpoint(hf_dir)["dims"] == tiny_en_checkpoint["dims"]
 
 
-def test_write_atomic_leaves_nothing_on_failure(tmp_path):
-    def write_then_fail(path):
-        with open(path, "wb") as f:
-            f.write(b"partial")
-        raise OSError("disk full")
-
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(OSError, match="disk full"):
-        write_atomic(tmp_path / "out.pt", write_then_fail)
+        with atomic_path(tmp_path / "out.pt") as path:
+            with open(path, "wb") as f:
+                f.write(b"partial")
+            raise OSError("disk full")
     assert os.listdir(tmp_path) == []

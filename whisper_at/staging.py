@@ -1,4 +1,5 @@
-"""Staging directories: outputs are written inside one, then renamed into place.
+"""Writing outputs so that they appear whole or not at all: ``atomic_path`` for one file, staging
+directories for a set of files (written inside one, then renamed into place).
 
 A staging directory's name carries its owner (PID, host, boot and PID namespace), so the ones
 left behind by killed processes can be told from those of live writers and removed.
@@ -10,10 +11,31 @@ import re
 import shutil
 import socket
 import tempfile
+from contextlib import contextmanager
 from functools import lru_cache
+from typing import Iterator, Union
 
 STAGE_PREFIX = ".whisper-at-stage-"  # + "<pid>@<machine>-<random>": owner of a staging dir
 _swept = set()  # output directories this process has already cleaned
+
+
+@contextmanager
+def atomic_path(path: Union[str, "os.PathLike[str]"]) -> Iterator[str]:
+    """A temporary path beside ``path`` (same extension) for the block to write; if the block
+    succeeds, the file is fsynced, made readable (0644) and renamed to ``path``; if not, removed."""
+    directory, name = os.path.split(os.path.abspath(os.fspath(path)))
+    suffix = os.path.splitext(name)[1] or ".tmp"  # np.save appends .npy to names without it
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, os.path.join(directory, name))
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 @lru_cache(maxsize=None)
@@ -68,7 +90,6 @@ def remove_stale_stages(output_dir: str):
                 shutil.rmtree(entry.path, ignore_errors=True)  # others may be removing it too
         except OSError:
             pass
-
 
 
 def make_stage(output_dir: str) -> str:

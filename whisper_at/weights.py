@@ -4,7 +4,6 @@ import hashlib
 import http.client
 import io
 import os
-import tempfile
 import urllib.parse
 import urllib.request
 import warnings
@@ -13,6 +12,8 @@ from typing import Dict, Optional, Union
 import torch
 from torch import Tensor
 from tqdm import tqdm
+
+from .staging import atomic_path
 
 # The official TL-TR ("_ori") and TL-TR-512 ("_low") heads released with Whisper-AT.
 HEAD_URLS: Dict[str, str] = {
@@ -82,20 +83,13 @@ def download(url: str, target: str, sha256: Optional[str] = None, timeout: float
                 return target
             warnings.warn(f"{target}: SHA256 does not match; downloading it again", stacklevel=2)
             os.remove(target)
-        name = os.path.basename(target)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                _fetch(url, out, timeout, name)
+        with atomic_path(target) as tmp:
+            with open(tmp, "wb") as out:
+                _fetch(url, out, timeout, os.path.basename(target))
             if sha256 is not None and _sha256(tmp) != sha256:
                 raise RuntimeError(
                     f"{url}: downloaded file's SHA256 does not match; not using it, please retry"
                 )
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
     return target
 
 

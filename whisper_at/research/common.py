@@ -2,30 +2,23 @@
 
 import json
 import os
-import tempfile
 from contextlib import contextmanager
 from typing import Iterator, List, Optional
 
 import numpy as np
 import torch
 
+from .. import staging
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".mkv")
 
 
 @contextmanager
 def atomic_path(path: str) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    suffix = os.path.splitext(path)[1]  # np.save appends .npy to names without it
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=suffix)
-    os.close(fd)
-    try:
+    """``whisper_at.staging.atomic_path``, creating the file's directory first."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with staging.atomic_path(path) as tmp:
         yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_torch(obj, path: str):
