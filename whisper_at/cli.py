@@ -2,7 +2,7 @@
 
 ``whisper-at AUDIO... [whisper options] [--at_* options]`` transcribes like ``whisper`` (the
 parser is the one the installed openai-whisper builds, so every option, name and default is
-upstream's) and also writes sound-event outputs (see ``outputs.py``). A first argument naming a
+upstream's) and also writes sound-event outputs (see ``outputs/``). A first argument naming a
 sub-command (``tag``, ``convert``, ...) runs that module's ``main`` instead; an audio file with
 such a name is reached as ``./tag``.
 """
@@ -27,9 +27,9 @@ PROG = "whisper-at"
 
 # sub-command -> module whose main(argv) runs it; ``research`` gets the command as argv[0]
 SUBCOMMANDS = {
-    "tag": "whisper_at.tagjob",
-    "convert": "whisper_at.convert",
-    "batch": "whisper_at.batch",
+    "tag": "whisper_at.jobs.tagjob",
+    "convert": "whisper_at.formats.convert",
+    "batch": "whisper_at.jobs.batch",
     "features": "whisper_at.research",
     "train": "whisper_at.research",
     "probe": "whisper_at.research",

@@ -24,7 +24,7 @@ from whisper.audio import SAMPLE_RATE
 from whisper.tokenizer import LANGUAGES
 from whisper.utils import format_timestamp
 
-from . import weights
+from .formats import weights
 from .labels import parse_at_label, supported_languages
 from .outputs import TagOptions, row_times, write_outputs
 

@@ -20,7 +20,6 @@ from whisper.audio import N_FRAMES
 
 from .audio_io import as_audio
 from .mel import log_mel_spectrogram
-from .model import WhisperAT
 from .tagging import TRAINED_TIME_RES, ChunkTagger, check_at_time_res
 
 
@@ -84,7 +83,7 @@ def _rebound_transcribe(locator: _WindowLocator):
 
 
 def transcribe(
-    model: WhisperAT,
+    model: "WhisperAT",  # noqa: F821 - whisper_at.model imports this module
     audio: Union[str, np.ndarray, Tensor],
     *,
     at_time_res: float = TRAINED_TIME_RES,
@@ -99,7 +98,7 @@ def transcribe(
     ``return_audio_features=True`` adds ``audio_features_for_at`` [n_windows, n_layer, 75, d], the
     pooled layer features of every decoded window.
     """
-    if not isinstance(model, WhisperAT):
+    if not callable(getattr(model, "open_session", None)):  # a WhisperAT
         raise TypeError(
             f"whisper_at.transcribe needs a model from whisper_at.load_model, "
             f"got {type(model).__name__}"

@@ -11,8 +11,8 @@ from typing import Dict, List, Mapping, Sequence
 
 import torch
 
+from ..formats.weights import load_state_dict
 from ..head import head_state_dict
-from ..weights import load_state_dict
 from .common import save_torch
 
 PREFIX = "at_model."

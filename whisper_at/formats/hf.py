@@ -9,9 +9,9 @@ from typing import Dict
 import torch
 from whisper.model import AudioEncoder, ModelDimensions, TextDecoder
 
+from ..staging import atomic_path
 from .checkpoint import make_checkpoint
 from .ct2 import PathLike
-from .staging import atomic_path
 from .weights import load_state_dict
 
 HF_WEIGHTS = (

@@ -3,15 +3,13 @@
 INPUT is a directory (searched recursively for ``--extensions``), a glob (quote it), a manifest
 (``.txt``: a path per line; ``.csv``: a ``path`` column, else the first; ``.jsonl``: objects with
 a ``path``; relative paths are relative to the manifest) or one audio file. Results go to
-``OUTPUT_DIR/results-NNNNN.jsonl`` shards (see ``batch_shards``), one line per file; with
+``OUTPUT_DIR/results-NNNNN.jsonl`` shards (see ``shards.py``), one line per file; with
 ``--output_format`` also per-file outputs, mirroring the input tree under OUTPUT_DIR.
-``--engine ray`` runs on a Ray cluster (``batch_ray``). See docs/scaling.md.
+``--engine ray`` runs on a Ray cluster (``ray_engine.py``); inputs are found by ``inputs.py``.
+See docs/scaling.md.
 """
 
 import argparse
-import csv
-import glob
-import json
 import os
 import signal
 import sys
@@ -22,9 +20,7 @@ from typing import Iterable, List, Optional
 from tqdm import tqdm
 from whisper.utils import optional_float, optional_int
 
-from .batch_local import TASKS, BatchOptions
-from .batch_shards import ShardWriter, completed, lock_output_dir, remove_temp_shards
-from .cli import (
+from ..cli import (
     add_tagging_options,
     batch_size_arg,
     describe_failure,
@@ -36,12 +32,12 @@ from .cli import (
     transcribe_options,
     upstream_parser,
 )
-from .outputs import AT_FORMATS, TagOptions, write_outputs
-from .plot import have_matplotlib
-from .tagjob import EXTENSIONS, find_audio
+from ..outputs import AT_FORMATS, TagOptions, have_matplotlib, write_outputs
+from .inputs import EXTENSIONS, common_root, find_inputs
+from .local_engine import TASKS, BatchOptions
+from .shards import ShardWriter, completed, lock_output_dir, remove_temp_shards
 
 PROG = "whisper-at batch"
-MANIFEST_EXTENSIONS = (".txt", ".csv", ".jsonl")
 TAG_FORMATS = ("tags", "events", "png")  # per-file outputs that need no transcript
 MODEL_OPTIONS = ["model", "model_dir", "device", "at_head", "at_low_compute", "threads"]
 OUTPUT_OPTIONS = ["shard_size", "shard_seconds", "resume", "retry_failed"]
@@ -49,47 +45,6 @@ LOCAL_OPTIONS = ["prefetch"]
 RAY_OPTIONS = ["address", "num_actors", "num_gpus_per_actor", "cpus_per_actor", "num_cpus",
                "files_per_batch"]
 ENGINE_OPTIONS = {"local": LOCAL_OPTIONS, "ray": RAY_OPTIONS}
-
-
-# ---------------------------------------------------------------- inputs
-
-
-def _manifest_entries(manifest: str) -> List[str]:
-    with open(manifest, encoding="utf-8", newline="") as f:
-        if manifest.lower().endswith(".jsonl"):
-            rows = [json.loads(line) for line in f if line.strip()]
-            return [row["path"] if isinstance(row, dict) else row for row in rows]
-        if manifest.lower().endswith(".csv"):
-            rows = [row for row in csv.reader(f) if row]
-            column = 0
-            if rows and "path" in rows[0]:  # a header
-                column, rows = rows[0].index("path"), rows[1:]
-            return [row[column] for row in rows]
-        lines = (line.strip() for line in f)
-        return [line for line in lines if line and not line.startswith("#")]
-
-
-def find_inputs(source: str, extensions: Iterable[str] = EXTENSIONS.split(",")) -> List[str]:
-    """The absolute paths of the files INPUT names, without repeats, in a stable order."""
-    if os.path.isdir(source):
-        paths = find_audio([source], extensions)
-    elif os.path.isfile(source) and source.lower().endswith(MANIFEST_EXTENSIONS):
-        base = os.path.dirname(os.path.abspath(source))
-        paths = [os.path.join(base, p) for p in _manifest_entries(source)]
-    elif os.path.isfile(source):
-        paths = [source]
-    elif glob.has_magic(source):
-        paths = sorted(p for p in glob.glob(source, recursive=True) if os.path.isfile(p))
-    else:
-        raise FileNotFoundError(f"input not found: {source} (a directory, glob, manifest or file)")
-    return list(dict.fromkeys(os.path.abspath(p) for p in paths))
-
-
-def common_root(source: str, paths: List[str]) -> str:
-    """The directory per-file outputs mirror: INPUT if a directory, else the files' common one."""
-    if os.path.isdir(source):
-        return os.path.abspath(source)
-    return os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
 
 
 # ---------------------------------------------------------------- results
@@ -191,11 +146,11 @@ def run(options: BatchOptions, source: str, output_dir: str,
         try:
             with _sigterm_exits():
                 if engine == "ray" and todo:
-                    from .batch_ray import run_ray
+                    from .ray_engine import run_ray
 
                     run_ray(options, todo, sink, **engine_options)
                 elif todo:
-                    from .batch_local import run_local
+                    from .local_engine import run_local
 
                     run_local(options, todo, sink, **engine_options)
         finally:

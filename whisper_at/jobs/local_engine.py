@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from whisper.audio import SAMPLE_RATE
 
-from .cli import describe_failure
-from .mel import MelWindows
-from .outputs import TagOptions
-from .tagging import ChunkTagger, default_batch_size
+from ..cli import describe_failure
+from ..labels import NUM_CLASSES, label_names
+from ..mel import MelWindows
+from ..outputs import TagOptions, active_classes, row_times, sound_events
+from ..tagging import ChunkTagger, default_batch_size
 
 TASKS = ("tag", "transcribe", "translate")
 
@@ -98,7 +99,7 @@ def retrying(attempts: int, path: str, fn: Callable, *args):
 
 
 def _read(path: str) -> np.ndarray:
-    from .audio_io import load_audio
+    from ..audio_io import load_audio
 
     audio = load_audio(path)
     if audio.size == 0:
@@ -232,7 +233,7 @@ def tag_stream(
 
 
 def _transcribe(model, item: Decoded, options: BatchOptions) -> dict:
-    from .transcribe import transcribe
+    from ..transcribe import transcribe
 
     torch.manual_seed(options.seed)
     return transcribe(
@@ -251,11 +252,25 @@ def transcribe_stream(model, items: Iterable[Decoded], options: BatchOptions):
         yield item, result, error
 
 
+def record(path: str, duration: float, audio_tag: torch.Tensor, at_time_res: float,
+           options: TagOptions) -> dict:
+    """The JSONL line of a tagged file."""
+    names = label_names(options.language)
+    rows = active_classes(audio_tag, range(NUM_CLASSES), options.top_k, options.threshold)
+    tags = [
+        {"start": start, "end": end, "tags": [[names[c], round(v, 6)] for c, v in top]}
+        for (start, end), top in zip(row_times(len(rows), at_time_res, duration), rows)
+    ]
+    events = sound_events(audio_tag, at_time_res, duration, options)
+    for event in events:
+        event["label"] = names[event["index"]]
+    return {"path": path, "duration": round(duration, 3), "at_time_res": at_time_res,
+            "tags": tags, "events": events}
+
+
 def file_record(item: Decoded, result: dict, options: BatchOptions) -> dict:
     """A file's JSONL record: ``whisper-at tag``'s line, plus language, text and segments when
     transcribing."""
-    from .tagjob import record
-
     tags = options.tags
     if tags.language == "follow_asr":
         tags = tags._replace(language=result.get("language") or "en")

@@ -10,14 +10,13 @@ import argparse
 import json
 import os
 import sys
-from typing import Iterable, Iterator, List, Optional, Set
+from typing import Iterator, List, Optional, Set
 
 import torch
 from tqdm import tqdm
 from whisper.utils import optional_int, str2bool
 
-from .batch_local import BatchOptions, Decoded, decode_ahead, process
-from .cli import (
+from ..cli import (
     PROG,
     add_tagging_options,
     batch_size_arg,
@@ -26,9 +25,10 @@ from .cli import (
     report,
     tag_options,
 )
-from .outputs import TagOptions, active_classes, row_times, sound_events
+from ..outputs import TagOptions
+from .inputs import EXTENSIONS, find_audio
+from .local_engine import BatchOptions, Decoded, decode_ahead, process
 
-EXTENSIONS = "wav,mp3,flac,ogg,opus,m4a,aac,wma,webm,mp4,mkv,mov,aiff,aif"
 PREFETCH = 2  # files decoded ahead of the model
 
 
@@ -55,20 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     add("--verbose", type=str2bool, default=True, help="show progress bars")
     add_tagging_options(parser, language="en")
     return parser
-
-
-def find_audio(inputs: Iterable[str], extensions: Iterable[str]) -> List[str]:
-    """Files given, plus files under directories given whose extension is listed (sorted)."""
-    suffixes = tuple("." + e.strip().lower().lstrip(".") for e in extensions if e.strip())
-    found = []
-    for item in inputs:
-        if not os.path.isdir(item):
-            found.append(item)
-            continue
-        for root, dirs, files in os.walk(item):
-            dirs.sort()
-            found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(suffixes)]
-    return found
 
 
 def _key(path: str) -> str:
@@ -100,26 +86,8 @@ def _unfinished(path: str) -> bool:
         return f.read(1) != b"\n"
 
 
-def record(path: str, duration: float, audio_tag: torch.Tensor, at_time_res: float,
-           options: TagOptions) -> dict:
-    """The JSONL line of a tagged file."""
-    from .labels import NUM_CLASSES, label_names
-
-    names = label_names(options.language)
-    rows = active_classes(audio_tag, range(NUM_CLASSES), options.top_k, options.threshold)
-    tags = [
-        {"start": start, "end": end, "tags": [[names[c], round(v, 6)] for c, v in top]}
-        for (start, end), top in zip(row_times(len(rows), at_time_res, duration), rows)
-    ]
-    events = sound_events(audio_tag, at_time_res, duration, options)
-    for event in events:
-        event["label"] = names[event["index"]]
-    return {"path": path, "duration": round(duration, 3), "at_time_res": at_time_res,
-            "tags": tags, "events": events}
-
-
 class TagJob:
-    """Tags files with batch_local's ``process`` (shared encoder batches, decoding ahead in a
+    """Tags files with local_engine's ``process`` (shared encoder batches, decoding ahead in a
     background thread) and writes their lines."""
 
     def __init__(self, model, out, batch_size: Optional[int], window_seconds: int,

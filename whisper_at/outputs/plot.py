@@ -9,7 +9,8 @@ from typing import List
 
 import torch
 
-from .labels import label_names
+from ..labels import label_names
+from .events import event_classes
 
 MAX_ROWS = 10  # sound classes shown
 WIDTH = 12.0  # inches
@@ -26,8 +27,6 @@ def have_matplotlib() -> bool:
 
 def _classes(result: dict, events: List[dict], speech_events: bool) -> List[int]:
     """The classes to show: those with events, strongest first, else the highest logits."""
-    from .outputs import event_classes
-
     peaks = {}
     for event in events:
         peaks[event["index"]] = max(peaks.get(event["index"], -float("inf")), event["peak"])

@@ -3,7 +3,7 @@
 paths (``from_items``) -> decode on CPU tasks (``map``; the waveform travels as 16-bit PCM,
 which is what ``load_audio`` decodes, so nothing is lost) -> model actors (``map_batches`` with a
 callable class: one model load per actor, on a GPU when the actor has one; each call runs
-``batch_local.process`` on ``--files_per_batch`` files) -> the driver, which iterates the
+``local_engine.process`` on ``--files_per_batch`` files) -> the driver, which iterates the
 results as they stream in and writes them with the local engine's shard writer. So shards,
 resume and per-file outputs behave the same with either engine, and only the driver needs to
 write OUTPUT_DIR; every node needs the input paths and whisper-at installed.
@@ -24,9 +24,16 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from .batch_local import BatchOptions, Decoded, decode_file, for_model, load_batch_model, process
-from .batch_shards import jsonable
-from .labels import NUM_CLASSES
+from ..labels import NUM_CLASSES
+from .local_engine import (
+    BatchOptions,
+    Decoded,
+    decode_file,
+    for_model,
+    load_batch_model,
+    process,
+)
+from .shards import jsonable
 
 MAX_BLOCKS = 10_000
 # Each decode task reserves this memory (ffmpeg and a long waveform); as the model actors

@@ -10,8 +10,8 @@ import torch
 import whisper
 from whisper.model import ModelDimensions
 
+from ..staging import atomic_path
 from .ct2 import PathLike
-from .staging import atomic_path
 from .weights import load_state_dict
 
 # (n_mels, n_vocab, n_audio_state, n_audio_layer, n_text_layer) of the official models, to give

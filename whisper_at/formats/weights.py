@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .staging import atomic_path
+from ..staging import atomic_path
 
 # The official TL-TR ("_ori") and TL-TR-512 ("_low") heads released with Whisper-AT.
 HEAD_URLS: Dict[str, str] = {
