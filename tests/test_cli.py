@@ -79,9 +79,9 @@ def test_options_and_defaults_are_upstreams(monkeypatch):
     assert ours["-f"][0] == "{txt,vtt,srt,tsv,json,all,tags,events,sdh,png}"
     added = {option: ours[option][1] for option in set(ours) - set(theirs)}
     assert added == {
-        "--at_head": "None", "--at_low_compute": "False", "--at_time_res": "10",
-        "--at_top_k": "5", "--at_threshold": "-1", "--at_language": "follow_asr",
-        "--at_speech_events": "False",
+        "--at_head": "None", "--at_head_mirror": "None", "--at_low_compute": "False",
+        "--at_time_res": "10", "--at_top_k": "5", "--at_threshold": "-1",
+        "--at_language": "follow_asr", "--at_speech_events": "False",
     }
 
 

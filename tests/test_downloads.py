@@ -196,3 +196,205 @@ def test_two_processes_download_once(server, monkeypatch, tmp_path, head_bytes):
     assert _cache_files(tmp_path) == ["tiny_ori.pth"]
     assert (tmp_path / "tiny_ori.pth").read_bytes() == head_bytes
     assert server.hits == ["/s/x/tiny_ori.pth"]  # the lock made the second process wait
+
+
+# ---------------------------------------------------------------- mirrors
+
+UNREACHABLE = "http://127.0.0.1:9/s/x/tiny_ori.pth?dl=1"  # the discard port: connection refused
+
+
+@pytest.fixture
+def no_env_mirror(monkeypatch):
+    monkeypatch.delenv(weights.MIRROR_ENV, raising=False)
+
+
+@pytest.fixture
+def mirror_dir(tmp_path, head_bytes) -> Path:
+    """A directory mirror holding tiny_ori.pth."""
+    directory = tmp_path / "mirror"
+    directory.mkdir()
+    (directory / "tiny_ori.pth").write_bytes(head_bytes)
+    return directory
+
+
+@pytest.fixture
+def offline_tiny_en(monkeypatch, tmp_path, tiny_en_pt, tiny_head_file, mirror_dir) -> Path:
+    """tiny.en's backbone in a cache directory (returned), its head in mirror_dir, and both
+    official URLs unreachable."""
+    (mirror_dir / "tiny.en_ori.pth").write_bytes(tiny_head_file.read_bytes())
+    backbone = tiny_en_pt.read_bytes()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "t.pt").write_bytes(backbone)
+    monkeypatch.setitem(whisper._MODELS, "tiny.en", f"http://127.0.0.1:9/{_sha256(backbone)}/t.pt")
+    monkeypatch.setitem(weights.HEAD_URLS, "tiny.en", UNREACHABLE.replace("tiny_", "tiny.en_"))
+    return cache
+
+
+def _printed_sha256(err: str, name: str) -> List[str]:
+    return [line.split(" sha256 ")[1].split()[0] for line in err.splitlines()
+            if line.startswith(f"whisper-at: {name} sha256 ")]
+
+
+def test_url_mirror_is_tried_first_and_the_sha256_printed(
+    server, monkeypatch, tmp_path, head_bytes, capsys, no_env_mirror
+):
+    _point_tiny_at(monkeypatch, server.serve("/s/x/tiny_ori.pth", head_bytes))
+    server.serve("/heads/tiny_ori.pth", head_bytes)
+    base = f"http://127.0.0.1:{server.server_address[1]}/heads/"
+    assert weights.head_sources("tiny", False, base) == [
+        base + "tiny_ori.pth", weights.HEAD_URLS["tiny"]]
+    cache = tmp_path / "cache"
+    path = weights.head_file("tiny", False, str(cache), mirror=base)
+    assert path == str(cache / "tiny_ori.pth") and Path(path).read_bytes() == head_bytes
+    assert server.hits == ["/heads/tiny_ori.pth"]  # the official URL was not needed
+    err = capsys.readouterr().err
+    assert _printed_sha256(err, "tiny_ori.pth") == [_sha256(head_bytes)]
+    assert f"downloaded from {base}tiny_ori.pth; compare it with another copy's" in err
+    weights.head_file("tiny", False, str(cache), mirror=base)  # cached: no download, no line
+    assert len(server.hits) == 1 and _printed_sha256(capsys.readouterr().err, "tiny_ori.pth") == []
+
+
+def test_known_sha256_is_printed_as_matching(server, monkeypatch, tmp_path, head_bytes, capsys,
+                                             no_env_mirror):
+    _point_tiny_at(monkeypatch, server.serve("/s/x/tiny_ori.pth", head_bytes), _sha256(head_bytes))
+    weights.head_file("tiny", False, str(tmp_path))
+    err = capsys.readouterr().err
+    assert _printed_sha256(err, "tiny_ori.pth") == [_sha256(head_bytes)]
+    assert "matches the known sha256" in err and "?dl=1" not in err
+
+
+def test_environment_variable_sets_the_mirror_and_the_argument_overrides_it(
+    server, monkeypatch, tmp_path, head_bytes, mirror_dir
+):
+    _point_tiny_at(monkeypatch, server.serve("/s/x/tiny_ori.pth", head_bytes))
+    monkeypatch.setenv(weights.MIRROR_ENV, str(mirror_dir))
+    assert weights.head_file("tiny", False, str(tmp_path)) == str(mirror_dir / "tiny_ori.pth")
+    assert server.hits == []
+    server.serve("/heads/tiny_ori.pth", head_bytes)
+    base = f"http://127.0.0.1:{server.server_address[1]}/heads"  # no trailing slash
+    weights.head_file("tiny", False, str(tmp_path / "a"), mirror=base)
+    assert server.hits == ["/heads/tiny_ori.pth"]
+    weights.head_file("tiny", False, str(tmp_path / "b"), mirror="")  # "": no mirror
+    assert server.hits == ["/heads/tiny_ori.pth", "/s/x/tiny_ori.pth"]
+
+
+def test_directory_mirror_needs_no_network(offline_tiny_en, tiny_head_file, mirror_dir, capsys,
+                                           no_env_mirror):
+    """load_model("tiny.en") with the backbone in the cache and the head in a directory mirror
+    (as a path and as a file: URL): the official URLs are unreachable and never needed."""
+    cache = offline_tiny_en
+    expected = weights.load_state_dict(tiny_head_file)
+    for mirror in (str(mirror_dir), mirror_dir.as_uri()):
+        model = whisper_at.load_model("tiny.en", device="cpu", download_root=str(cache),
+                                      at_head_mirror=mirror)
+        for key, value in model.at_model.state_dict().items():
+            assert torch.equal(value, expected[f"at_model.{key}"]), key
+    assert _cache_files(cache) == ["t.pt"]  # the mirror's file is used where it is
+    assert " sha256 " not in capsys.readouterr().err  # nothing was downloaded
+
+
+def test_missing_mirror_file_falls_back_to_the_official_url(
+    server, monkeypatch, tmp_path, head_bytes, no_env_mirror
+):
+    _point_tiny_at(monkeypatch, server.serve("/s/x/tiny_ori.pth", head_bytes))
+    base = f"http://127.0.0.1:{server.server_address[1]}/heads/"
+    with pytest.warns(UserWarning, match=rf"cannot download {base}tiny_ori.pth: HTTP Error 404"
+                                         r".*; trying http://127\.0\.0\.1:\d+/s/x/tiny_ori.pth$"):
+        state = weights.load_head_file("tiny", False, str(tmp_path), mirror=base)
+    assert len(state) == len(weights.load_state_dict(head_bytes))
+    assert server.hits == ["/heads/tiny_ori.pth", "/s/x/tiny_ori.pth"]
+    assert _cache_files(tmp_path) == ["tiny_ori.pth"]
+
+
+def test_corrupt_or_truncated_mirror_files_fall_back_and_leave_nothing(
+    server, monkeypatch, tmp_path, head_bytes, mirror_dir, no_env_mirror
+):
+    _point_tiny_at(monkeypatch, server.serve("/s/x/tiny_ori.pth", head_bytes))
+    cut = head_bytes[: len(head_bytes) // 2]
+    (mirror_dir / "tiny_ori.pth").write_bytes(cut)
+    cache = tmp_path / "cache"
+    with pytest.warns(UserWarning, match="refusing to load .*mirror/tiny_ori.pth.*; trying"):
+        weights.load_head_file("tiny", False, str(cache), mirror=str(mirror_dir))
+    assert (mirror_dir / "tiny_ori.pth").read_bytes() == cut  # the user's file is left alone
+    assert (cache / "tiny_ori.pth").read_bytes() == head_bytes
+
+    # a mirror that sends less than it announces: the partial file is deleted, not cached
+    server.serve("/heads/tiny_ori.pth", head_bytes, extra_length=1000)
+    base = f"http://127.0.0.1:{server.server_address[1]}/heads/"
+    other = tmp_path / "other"
+    with pytest.warns(UserWarning, match="truncated.*; trying"):
+        assert weights.head_file("tiny", False, str(other), mirror=base).endswith("tiny_ori.pth")
+    assert _cache_files(other) == ["tiny_ori.pth"]
+    assert (other / "tiny_ori.pth").read_bytes() == head_bytes
+
+
+def test_mirror_file_with_wrong_known_sha256_is_not_used(
+    server, monkeypatch, tmp_path, head_bytes, mirror_dir, no_env_mirror
+):
+    _point_tiny_at(monkeypatch, server.serve("/s/x/tiny_ori.pth", head_bytes), _sha256(head_bytes))
+    (mirror_dir / "tiny_ori.pth").write_bytes(head_bytes + b"x")
+    with pytest.warns(UserWarning, match="SHA256 does not match the known one"):
+        path = weights.head_file("tiny", False, str(tmp_path / "cache"), mirror=str(mirror_dir))
+    assert Path(path).read_bytes() == head_bytes and server.hits == ["/s/x/tiny_ori.pth"]
+
+
+def test_failure_lists_every_place_tried(server, monkeypatch, tmp_path, mirror_dir,
+                                         no_env_mirror):
+    _point_tiny_at(monkeypatch, server.serve("/s/x/gone.pth", b"").replace("gone", "tiny_ori"))
+    (mirror_dir / "tiny_ori.pth").unlink()
+    with pytest.warns(UserWarning), pytest.raises(RuntimeError) as info:
+        whisper_at.load_model("tiny", device="cpu", download_root=str(tmp_path / "cache"),
+                              at_head_mirror=str(mirror_dir))
+    message = str(info.value)
+    assert message.startswith("cannot get the Whisper-AT head tiny_ori.pth; tried "
+                              f"(1) {mirror_dir / 'tiny_ori.pth'}: not found; (2) cannot download "
+                              f"http://127.0.0.1:{server.server_address[1]}/s/x/tiny_ori.pth?dl=1: "
+                              "HTTP Error 404")
+    assert "Pass at_head=PATH" in message and weights.MIRROR_ENV in message
+    assert not (tmp_path / "cache").exists() or _cache_files(tmp_path / "cache") == []
+
+
+def test_unsupported_mirror_scheme_is_refused(no_env_mirror):
+    with pytest.raises(ValueError, match=r"head mirror 's3://bucket/heads': unsupported URL "
+                                         r"scheme 's3'; give an http\(s\):// or file:// URL"):
+        whisper_at.load_model("tiny", at_head_mirror="s3://bucket/heads")
+
+
+def test_mirror_option_of_the_commands(offline_tiny_en, tmp_path, mirror_dir, speech_wav,
+                                       no_env_mirror):
+    """`whisper-at tag --at_head_mirror DIR` loads an official model name offline; batch and
+    serve take the option too."""
+    from whisper_at import cli, serve
+    from whisper_at.jobs import batch
+
+    cache = offline_tiny_en
+    out = tmp_path / "tags.jsonl"
+    argv = ["tag", str(speech_wav), "--model", "tiny.en", "--model_dir", str(cache),
+            "--at_head_mirror", str(mirror_dir), "--output", str(out), "--verbose", "False"]
+    assert cli.main(argv) == 0
+    assert '"tags"' in out.read_text()
+    argv = [str(speech_wav), str(tmp_path), "--at_head_mirror", str(mirror_dir)]
+    assert batch.build_parser().parse_args(argv).at_head_mirror == str(mirror_dir)
+    model, _ = serve.ModelCache({}, "cpu", str(cache), str(mirror_dir)).get("tiny.en")
+    assert model.has_at_head
+
+
+def test_documented_mirror_filling_snippet_runs(server, monkeypatch, tmp_path, head_bytes,
+                                                capsys):
+    """docs/loading.md's "Hosting a mirror" Python, with HEAD_URLS pointed at the local server;
+    the directory it fills is a working mirror."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "loading.md").read_text()
+    section = text[text.index("**Hosting a mirror.**"):]
+    snippet = section[section.index("```python\n") + 10 : section.index("\n```\n")]
+    urls = {key: server.serve(f"/s/{i}/{key}_ori.pth", head_bytes)
+            for i, key in enumerate(("tiny", "base"))}
+    urls["tiny.en"] = urls["tiny"]  # two names, one file: downloaded once
+    monkeypatch.setattr(weights, "HEAD_URLS", urls)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(snippet, "loading.md", "exec"), {})
+    assert sorted(server.hits) == ["/s/0/tiny_ori.pth", "/s/1/base_ori.pth"]
+    assert _cache_files(tmp_path / "heads") == ["base_ori.pth", "tiny_ori.pth"]
+    assert _printed_sha256(capsys.readouterr().err, "base_ori.pth") == [_sha256(head_bytes)]
+    path = weights.head_file("base", False, str(tmp_path / "cache"), str(tmp_path / "heads"))
+    assert path == str(tmp_path / "heads" / "base_ori.pth") and len(server.hits) == 2

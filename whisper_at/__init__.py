@@ -129,7 +129,7 @@ def _load_backbone(name: str, device, download_root: str, in_memory: bool):
     raise RuntimeError(f"Model {name} not found; available models = {_whisper.available_models()}")
 
 
-def _load_head_state(name, at_low_compute: bool, at_head, download_root: str):
+def _load_head_state(name, at_low_compute: bool, at_head, download_root: str, mirror):
     if at_head is False:  # explicitly no head
         return None
     if at_head is not None:
@@ -138,7 +138,7 @@ def _load_head_state(name, at_low_compute: bool, at_head, download_root: str):
         return weights.load_state_dict(at_head)
     key = weights.head_key(name, at_low_compute)
     if key in weights.HEAD_URLS:
-        return weights.load_head_file(name, at_low_compute, download_root)
+        return weights.load_head_file(name, at_low_compute, download_root, mirror)
     if at_low_compute and name in weights.HEAD_URLS:
         low = sorted(k[:-4] for k in weights.HEAD_URLS if k.endswith("_low"))
         raise ValueError(
@@ -160,6 +160,7 @@ def load_model(
     in_memory: bool = False,
     at_low_compute: bool = False,
     at_head=None,
+    at_head_mirror: _t.Optional[str] = None,
 ) -> WhisperAT:
     """Load a Whisper model with its Whisper-AT audio-tagging head.
 
@@ -169,6 +170,9 @@ def load_model(
     at_head: a head checkpoint path or state_dict (offline use, or heads trained later); by
         default the official head for ``name`` is downloaded beside the Whisper models;
         ``False`` loads no head (features only, e.g. for training one).
+    at_head_mirror: where the official head is looked for before its official URL: a base URL
+        (http, https, file) or a directory holding ``<name>_ori.pth`` / ``<name>_low.pth``;
+        None: ``$WHISPER_AT_HEAD_MIRROR`` if set (docs/loading.md).
     """
     if device is None:
         device = "cuda" if _torch.cuda.is_available() else "cpu"
@@ -180,7 +184,7 @@ def load_model(
         raise RuntimeError(
             f"Model {name} not found; available models = {_whisper.available_models()}"
         )
-    state = _load_head_state(name, at_low_compute, at_head, download_root)
+    state = _load_head_state(name, at_low_compute, at_head, download_root, at_head_mirror)
     model = _load_backbone(name, device, download_root, in_memory)
     head = None
     if state is not None:

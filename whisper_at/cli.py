@@ -123,6 +123,9 @@ def add_tagging_options(parser: argparse.ArgumentParser, language: str = "follow
     add = group.add_argument
     add("--at_head", type=str, default=None,
         help="Whisper-AT head file; None: the official head of --model (downloaded)")
+    add("--at_head_mirror", type=str, default=None, metavar="URL_OR_DIR",
+        help="where official heads are looked for first: a base URL or a directory holding "
+             "<name>_ori.pth / <name>_low.pth; None: $WHISPER_AT_HEAD_MIRROR")
     add("--at_low_compute", action="store_true",
         help="use the TL-TR-512 head (small, medium and large only)")
     add("--at_time_res", type=at_time_res, default=10,
@@ -186,6 +189,7 @@ def load_tagging_model(name: str, args: dict, **kwargs):
             download_root=args.pop("model_dir"),
             at_low_compute=args.pop("at_low_compute"),
             at_head=args.pop("at_head"),
+            at_head_mirror=args.pop("at_head_mirror"),
             **kwargs,
         )
     except Exception as e:

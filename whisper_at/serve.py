@@ -56,8 +56,10 @@ class ModelCache:
     """Models loaded on first use, once per name. Each has a lock, held while it loads and
     while a request uses it: one request at a time per model; other models stay available."""
 
-    def __init__(self, at_heads: Dict[str, str], device: Optional[str], download_root):
+    def __init__(self, at_heads: Dict[str, str], device: Optional[str], download_root,
+                 at_head_mirror: Optional[str] = None):
         self.at_heads = at_heads
+        self.at_head_mirror = at_head_mirror
         self.device = device
         self.download_root = download_root
         self.models: Dict[str, list] = {}  # name -> [model or None, lock]
@@ -72,7 +74,8 @@ class ModelCache:
         with entry[1]:
             if entry[0] is None:
                 entry[0] = whisper_at.load_model(name, self.device, self.download_root,
-                                                 at_head=self.at_heads.get(name))
+                                                 at_head=self.at_heads.get(name),
+                                                 at_head_mirror=self.at_head_mirror)
         return entry[0], entry[1]
 
 
@@ -258,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="model offered first, loaded at start-up: a name or a checkpoint (default: small)")
     add("--at_head", default=None, metavar="PATH",
         help="Whisper-AT head file for --model (default: its official head, downloaded)")
+    add("--at_head_mirror", default=None, metavar="URL_OR_DIR",
+        help="where official heads are looked for first: a base URL or a directory holding "
+             "<name>_ori.pth (default: $WHISPER_AT_HEAD_MIRROR)")
     add("--models", nargs="*", default=None, metavar="NAME_OR_PATH",
         help="other models to offer, loaded on first use (default: the official models with a "
              "head; the option alone: --model only)")
@@ -281,7 +287,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{PROG}: error: needs gradio: pip install 'whisper-at[demo]'", file=sys.stderr)
         return 2
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cache = ModelCache({args.model: args.at_head} if args.at_head else {}, device, args.model_dir)
+    cache = ModelCache({args.model: args.at_head} if args.at_head else {}, device, args.model_dir,
+                       args.at_head_mirror)
     try:
         cache.get(args.model)
     except Exception as e:

@@ -1,13 +1,15 @@
-"""Official Whisper-AT head files: where they live, and a safe downloader."""
+"""Official Whisper-AT head files: where they live (the official URLs, a mirror), and a safe
+downloader."""
 
 import hashlib
 import http.client
 import io
 import os
+import sys
 import urllib.parse
 import urllib.request
 import warnings
-from typing import Dict, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -39,6 +41,14 @@ HEAD_URLS: Dict[str, str] = {
 
 # sha256 of head files, where known (the 2023 release published none; add them as verified).
 HEAD_SHA256: Dict[str, str] = {}
+
+# A base URL (http, https, file) or directory holding the head files under their official names
+# (tiny.en_ori.pth, small_low.pth, ...), tried before the official URL; see docs/loading.md.
+MIRROR_ENV = "WHISPER_AT_HEAD_MIRROR"
+_OFFLINE_HINT = (
+    "Offline? Pass at_head=PATH (a head file) to load_model, or a mirror holding the file "
+    f"(at_head_mirror=URL_OR_DIR or ${MIRROR_ENV}); see docs/loading.md"
+)
 
 
 def _lock(path: str):
@@ -85,16 +95,25 @@ def download(url: str, target: str, sha256: Optional[str] = None, timeout: float
             os.remove(target)
         with atomic_path(target) as tmp:
             with open(tmp, "wb") as out:
-                _fetch(url, out, timeout, os.path.basename(target))
-            if sha256 is not None and _sha256(tmp) != sha256:
+                digest = _fetch(url, out, timeout, os.path.basename(target))
+            if sha256 is not None and digest != sha256:
                 raise RuntimeError(
                     f"{url}: downloaded file's SHA256 does not match; not using it, please retry"
                 )
+        check = "matches the known sha256" if sha256 else "compare it with another copy's"
+        print(f"whisper-at: {os.path.basename(target)} sha256 {digest} (downloaded from "
+              f"{_without_query(url)}; {check})", file=sys.stderr, flush=True)
     return target
 
 
-def _fetch(url: str, out, timeout: float, desc: str) -> None:
-    """Copy the body of ``url`` into the open file ``out``; errors name the URL."""
+def _without_query(url: str) -> str:
+    return urllib.parse.urlparse(url)._replace(query="", fragment="").geturl()
+
+
+def _fetch(url: str, out, timeout: float, desc: str) -> str:
+    """Copy the body of ``url`` into the open file ``out``; returns its sha256 (hex). Errors
+    name the URL."""
+    digest = hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=timeout) as source:
             total = int(source.info().get("Content-Length") or 0) or None
@@ -102,14 +121,13 @@ def _fetch(url: str, out, timeout: float, desc: str) -> None:
                       desc=desc) as bar:  # fmt: skip
                 for block in iter(lambda: source.read(1 << 16), b""):
                     out.write(block)
+                    digest.update(block)
                     bar.update(len(block))
     except (OSError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts
-        raise RuntimeError(
-            f"cannot download {url}: {e}. Offline? Pass at_head=PATH (a head file) to "
-            "load_model; see docs/loading.md"
-        ) from e
+        raise RuntimeError(f"cannot download {url}: {e}") from e
     if total is not None and out.tell() != total:
         raise RuntimeError(f"download of {url} truncated: {out.tell()} of {total} bytes")
+    return digest.hexdigest()
 
 
 def load_state_dict(source: Union[str, bytes, os.PathLike]) -> Dict[str, Tensor]:
@@ -156,26 +174,117 @@ def _load_safetensors(path: str) -> Dict[str, Tensor]:
         raise RuntimeError(f"cannot load {path}: corrupt or not a safetensors file: {e}") from e
 
 
-def head_file(name: str, low_compute: bool, root: Optional[str] = None) -> str:
-    """Path of the official head for model ``name``, downloaded into the cache if needed."""
+def head_mirror(mirror: Optional[str] = None) -> Optional[str]:
+    """The head mirror in effect: ``mirror``, else $WHISPER_AT_HEAD_MIRROR; "" means none."""
+    value = os.environ.get(MIRROR_ENV, "") if mirror is None else os.fspath(mirror)
+    return value.strip() or None
+
+
+def _mirror_location(mirror: str, filename: str) -> str:
+    """The URL or local path of ``filename`` on the mirror (file: URLs are local paths)."""
+    parsed = urllib.parse.urlparse(mirror)
+    if parsed.scheme in ("http", "https"):
+        return f"{mirror.rstrip('/')}/{filename}"
+    if parsed.scheme == "file":
+        return os.path.join(urllib.request.url2pathname(parsed.path), filename)
+    if len(parsed.scheme) > 1:  # one letter: a Windows drive
+        raise ValueError(
+            f"head mirror {mirror!r}: unsupported URL scheme {parsed.scheme!r}; "
+            "give an http(s):// or file:// URL, or a directory"
+        )
+    return os.path.join(os.path.expanduser(mirror), filename)
+
+
+def head_sources(name: str, low_compute: bool, mirror: Optional[str] = None) -> List[str]:
+    """Where the official head for model ``name`` is looked for, in order: the mirror's copy
+    (a URL or a local path), then the official URL."""
     key = head_key(name, low_compute)
     if key not in HEAD_URLS:
         raise ValueError(f"no official Whisper-AT head {key!r}; available: {', '.join(HEAD_URLS)}")
+    mirror = head_mirror(mirror)
     url = HEAD_URLS[key]
-    filename = os.path.basename(urllib.parse.urlparse(url).path)
-    return download(url, os.path.join(root or default_cache_dir(), filename), HEAD_SHA256.get(key))
+    return ([_mirror_location(mirror, _filename(url))] if mirror else []) + [url]
 
 
-def load_head_file(name: str, low_compute: bool, root: Optional[str] = None) -> Dict[str, Tensor]:
-    """The official head's state_dict. A cached file that does not load (e.g. one cut short by
-    whisper-at <= 0.5, which downloaded in place, when no sha256 is known) is fetched again."""
-    path = head_file(name, low_compute, root)
+def _filename(url: str) -> str:
+    """The head's file name: its official URL's (tiny.en_ori.pth), in the cache and mirrors."""
+    return os.path.basename(urllib.parse.urlparse(url).path)
+
+
+def _is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def _local_head(path: str, sha256: Optional[str]) -> str:
+    """A mirror's local head file, checked against the known sha256 (when known)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: {'not a file' if os.path.exists(path) else 'not found'}")
+    if sha256 is not None and _sha256(path) != sha256:
+        raise RuntimeError(f"{path}: SHA256 does not match the known one; not using it")
+    return path
+
+
+def _fetch_head(source: str, target: str, sha256: Optional[str]) -> str:
+    """The head file from one source: a local path as it is, a URL downloaded to ``target``."""
+    return download(source, target, sha256) if _is_url(source) else _local_head(source, sha256)
+
+
+def _load_head(source: str, target: str, sha256: Optional[str]) -> Dict[str, Tensor]:
+    """The head's state_dict from one source. A cached download that does not load (e.g. one
+    cut short by whisper-at <= 0.5, which downloaded in place, when no sha256 is known) is
+    fetched again, once."""
+    path = _fetch_head(source, target, sha256)
+    if not _is_url(source):
+        return load_state_dict(path)
     stat = os.stat(path)
     try:
         return load_state_dict(path)
     except RuntimeError as e:
-        warnings.warn(f"{e}; downloading {path} again", stacklevel=2)
+        warnings.warn(f"{e}; downloading {path} again", stacklevel=3)
     with _lock(path):  # unless another process has replaced it meanwhile
         if os.path.isfile(path) and os.stat(path).st_ino == stat.st_ino:
             os.remove(path)
-    return load_state_dict(head_file(name, low_compute, root))
+    return load_state_dict(_fetch_head(source, target, sha256))
+
+
+def _first_source(name: str, low_compute: bool, root: Optional[str], mirror: Optional[str],
+                  get):  # fmt: skip
+    """``get(source, target, sha256)`` for each source in turn, until one works; the failure
+    lists every place tried, and a failing source followed by another is warned about."""
+    key = head_key(name, low_compute)
+    sources = head_sources(name, low_compute, mirror)
+    target = os.path.join(root or default_cache_dir(), _filename(sources[-1]))
+    failures: List[Tuple[str, Exception]] = []
+    for i, source in enumerate(sources):
+        try:
+            return get(source, target, HEAD_SHA256.get(key))
+        except (OSError, RuntimeError) as e:
+            failures.append((_without_query(source), e))
+            if i + 1 < len(sources):
+                following = _without_query(sources[i + 1])
+                warnings.warn(f"{_reason(*failures[-1])}; trying {following}", stacklevel=3)
+    tried = "; ".join(f"({i}) {_reason(source, e)}" for i, (source, e) in enumerate(failures, 1))
+    raise RuntimeError(
+        f"cannot get the Whisper-AT head {os.path.basename(target)}; tried {tried}. {_OFFLINE_HINT}"
+    ) from failures[-1][1]
+
+
+def _reason(source: str, error: Exception) -> str:
+    """One line saying what went wrong with a source, naming it."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    return message if source in message else f"{source}: {message}"
+
+
+def head_file(name: str, low_compute: bool, root: Optional[str] = None,
+              mirror: Optional[str] = None) -> str:  # fmt: skip
+    """Path of the official head for model ``name``: the mirror's copy if it is a local
+    directory, else the cached download (downloaded if needed) from the mirror or the official
+    URL, in that order (``mirror``: None for $WHISPER_AT_HEAD_MIRROR)."""
+    return _first_source(name, low_compute, root, mirror, _fetch_head)
+
+
+def load_head_file(name: str, low_compute: bool, root: Optional[str] = None,
+                   mirror: Optional[str] = None) -> Dict[str, Tensor]:  # fmt: skip
+    """The official head's state_dict, from the first place in ``head_sources`` that has a
+    file that loads (see ``head_file``)."""
+    return _first_source(name, low_compute, root, mirror, _load_head)

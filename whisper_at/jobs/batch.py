@@ -32,6 +32,7 @@ from ..cli import (
     transcribe_options,
     upstream_parser,
 )
+from ..formats.weights import head_mirror
 from ..outputs import AT_FORMATS, TagOptions, have_matplotlib, write_outputs
 from .inputs import EXTENSIONS, common_root, find_inputs
 from .local_engine import TASKS, BatchOptions
@@ -39,7 +40,8 @@ from .shards import ShardWriter, completed, lock_output_dir, remove_temp_shards
 
 PROG = "whisper-at batch"
 TAG_FORMATS = ("tags", "events", "png")  # per-file outputs that need no transcript
-MODEL_OPTIONS = ["model", "model_dir", "device", "at_head", "at_low_compute", "threads"]
+MODEL_OPTIONS = ["model", "model_dir", "device", "at_head", "at_head_mirror", "at_low_compute",
+                 "threads"]
 OUTPUT_OPTIONS = ["shard_size", "shard_seconds", "resume", "retry_failed"]
 LOCAL_OPTIONS = ["prefetch"]
 RAY_OPTIONS = ["address", "num_actors", "num_gpus_per_actor", "cpus_per_actor", "num_cpus",
@@ -228,6 +230,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if output_format == "png" and not have_matplotlib():
         parser.error("--output_format png needs matplotlib: pip install 'whisper-at[plot]'")
     model = {name: args.pop(name) for name in MODEL_OPTIONS}
+    model["at_head_mirror"] = head_mirror(model["at_head_mirror"])  # the env var's, for Ray
     engine, extensions = args.pop("engine"), args.pop("extensions").split(",")
     engine_options = {name: args.pop(name) for name in LOCAL_OPTIONS + RAY_OPTIONS}
     engine_options = {name: engine_options[name] for name in ENGINE_OPTIONS[engine]}

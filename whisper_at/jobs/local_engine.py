@@ -35,6 +35,7 @@ class BatchOptions:
     model_dir: Optional[str] = None
     device: Optional[str] = None
     at_head: Optional[str] = None
+    at_head_mirror: Optional[str] = None  # None: $WHISPER_AT_HEAD_MIRROR
     at_low_compute: bool = False
     task: str = "transcribe"  # "tag" (encoder + head only), "transcribe" or "translate"
     at_time_res: float = 10
@@ -72,6 +73,7 @@ def load_batch_model(options: BatchOptions):
         download_root=options.model_dir,
         at_low_compute=options.at_low_compute,
         at_head=options.at_head,
+        at_head_mirror=options.at_head_mirror,
     )
     if options.task == "tag" and not model.has_at_head:
         raise RuntimeError(f"model {options.model} has no audio-tagging head: pass --at_head PATH")
