@@ -82,6 +82,7 @@ def test_options_and_defaults_are_upstreams(monkeypatch):
         "--at_head": "None", "--at_head_mirror": "None", "--at_low_compute": "False",
         "--at_time_res": "10", "--at_top_k": "5", "--at_threshold": "-1",
         "--at_language": "follow_asr", "--at_speech_events": "False",
+        "--at_sdh_repeat": "False", "--at_sdh_continues": "60.0",
     }
 
 
@@ -163,6 +164,7 @@ def _errors(capsys) -> list:
     (["a.wav", "--at_time_res", "0.5"], "argument --at_time_res: at_time_res must be a multiple"),
     (["a.wav", "--at_top_k", "0"], "argument --at_top_k: must be at least 1, got 0"),
     (["a.wav", "--at_threshold", "nan"], "argument --at_threshold: must be a number"),
+    (["a.wav", "--at_sdh_continues", "-1"], "--at_sdh_continues: must be a number of seconds >= 0"),
     (["a.wav", "-f", "pdf"], "argument --output_format/-f: invalid choice: 'pdf'"),
     (["a.wav", "--highlight_words", "True"], "--highlight_words requires --word_timestamps"),
     (["tag", "a.wav", "--batch_size", "0"], "argument --batch_size: must be at least 1"),

@@ -110,6 +110,14 @@ def batch_size_arg(value: str) -> Optional[int]:
     return None if value == "auto" else positive_int(value)
 
 
+def seconds(value: str) -> float:
+    """A non-negative number of seconds."""
+    number = float(value)
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {value}")
+    return number
+
+
 def logit(value: str) -> float:
     number = float(value)
     if number != number:
@@ -117,8 +125,10 @@ def logit(value: str) -> float:
     return number
 
 
-def add_tagging_options(parser: argparse.ArgumentParser, language: str = "follow_asr"):
-    """The ``--at_*`` options shared by transcription and ``whisper-at tag``."""
+def add_tagging_options(parser: argparse.ArgumentParser, language: str = "follow_asr",
+                        captions: bool = False):
+    """The ``--at_*`` options shared by transcription and ``whisper-at tag``; ``captions``:
+    with the SDH caption options."""
     group = parser.add_argument_group("audio tagging (Whisper-AT)")
     add = group.add_argument
     add("--at_head", type=str, default=None,
@@ -137,6 +147,12 @@ def add_tagging_options(parser: argparse.ArgumentParser, language: str = "follow
         help="language of label names ('follow_asr': the language ASR detected)")
     add("--at_speech_events", action="store_true",
         help="include speech classes (Speech, Male speech, ...) in the sound-event timeline")
+    if captions:
+        add("--at_sdh_repeat", action="store_true",
+            help="SDH: caption a sound on every cue it overlaps, not only at its onset")
+        add("--at_sdh_continues", type=seconds, default=TagOptions().sdh_continues,
+            help="SDH: caption a sound still going this many seconds after its caption as "
+                 "[... continues]; 0: never")
     return group
 
 
@@ -147,6 +163,8 @@ def tag_options(args: dict) -> TagOptions:
         threshold=args.pop("at_threshold"),
         language=args.pop("at_language"),
         speech_events=args.pop("at_speech_events"),
+        sdh_repeat=args.pop("at_sdh_repeat", False),
+        sdh_continues=args.pop("at_sdh_continues", TagOptions().sdh_continues),
     )
 
 
@@ -164,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     actions["model"].help += " (or a local checkpoint file, CTranslate2 or HF directory)"
     output_format = actions["output_format"]
     output_format.choices = list(output_format.choices) + list(AT_FORMATS)
-    add_tagging_options(parser)
+    add_tagging_options(parser, captions=True)
     return parser
 
 

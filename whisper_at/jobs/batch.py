@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     formats.choices = ["none"] + list(formats.choices) + list(AT_FORMATS)
     formats.default = "none"
     formats.help = "per-file outputs beside the shards (tag task: tags, events or png)"
-    add_tagging_options(parser)
+    add_tagging_options(parser, captions=True)
 
     group = parser.add_argument_group("batch")
     add = group.add_argument

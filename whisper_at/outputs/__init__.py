@@ -59,7 +59,8 @@ def write_at_outputs(
         write_tsv(path + ".events.tsv", ("start", "end", "label", "peak_logit"),
                    events_tsv_rows(events, _language(result, options)))
     if "sdh" in formats:
-        cues = sdh_cues(speech_cues(result, writer_args), events)
+        cues = sdh_cues(speech_cues(result, writer_args), events, options.sdh_repeat,
+                        options.sdh_continues)
         write_sdh(path + ".sdh.srt", cues, vtt=False)
         write_sdh(path + ".sdh.vtt", cues, vtt=True)
     if "png" in formats:

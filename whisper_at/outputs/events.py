@@ -19,6 +19,8 @@ class TagOptions(NamedTuple):
     threshold: float = -1.0
     language: str = "follow_asr"
     speech_events: bool = False
+    sdh_repeat: bool = False  # SDH: caption a sound on every cue it overlaps (whisper-at 1.0)
+    sdh_continues: float = 60.0  # SDH: "[... continues]" this long after its caption; 0: never
 
 
 def span(first: str, last: str) -> range:

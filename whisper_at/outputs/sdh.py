@@ -1,101 +1,109 @@
-"""SDH subtitles (``.sdh.srt`` / ``.sdh.vtt``): speech cues with bracketed sound captions;
-the rules are in docs/outputs.md."""
+"""SDH subtitles (``.sdh.srt`` / ``.sdh.vtt``): speech cues with bracketed sound captions in
+lower case, each sound captioned at its onset; the rules are in docs/outputs.md."""
 
 from functools import lru_cache
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from whisper.utils import SubtitlesWriter, format_timestamp
 
 from ..labels import NUM_CLASSES, label_index, label_names
-from .events import MUSIC_NAMES, SINGING_NAMES, SPEECH_NAMES, span
+from .events import MUSIC_NAMES, SINGING_NAMES, SPEECH_NAMES, TagOptions, span
 
-MAX_EVENT_LINES = 2  # sound captions per speech cue, strongest first
+MAX_EVENT_LINES = 2  # sound captions per cue, strongest first
 MIN_EVENT_CUE = 1.0  # seconds: shorter gaps between speech cues get no sound-only cue
+MAX_SOUND_CUE = 7.0  # seconds a sound-only cue stays up (onset captions, not --at_sdh_repeat)
+CONTINUES_AFTER = TagOptions().sdh_continues  # seconds before "[... continues]"
+MUSIC, SINGING = "music", "singing"  # the captions of all music and all singing classes
 
-# "Caption: class | class | ...": the sound caption of those AudioSet classes; classes not
-# listed are captioned by their own name (first part, capitalised); "-" means no caption.
+# "caption: class | class | ...": the sound caption (lower case) of those AudioSet classes;
+# classes not listed are captioned by their own name (first part, lower case); "-": no caption.
 CAPTIONS = """
-Shouting: Shout | Bellow | Yell | Battle cry | Children shouting
-Laughter: Laughter | Belly laugh | Snicker | Giggle | Chuckle, chortle | Baby laughter
-Crying: Crying, sobbing | Whimper | Wail, moan
-Baby crying: Baby cry, infant cry
-Coughing: Cough
-Sneezes: Sneeze
-Sighs: Sigh
-Gasps: Gasp
-Groaning: Groan | Grunt
-Whooping: Whoop
-Breathing heavily: Breathing | Pant | Wheeze
-Sniffing: Sniff | Snort
-Clears throat: Throat clearing
-Footsteps: Walk, footsteps | Run | Shuffle
-Chewing: Chewing, mastication | Biting
-Clapping: Clapping | Hands
-Heartbeat: Heart sounds, heartbeat | Heart murmur
-Indistinct chatter: Chatter | Hubbub, speech noise, speech babble
-Crowd noise: Crowd
-Dog barking: Dog | Bark | Bow-wow | Yip | Canidae, dogs, wolves
-Dog whimpering: Whimper (dog)
-Cat meowing: Cat | Meow | Caterwaul
-Horse neighing: Horse | Neigh, whinny
-Hooves clopping: Clip-clop
-Cow mooing: Cattle, bovinae | Moo
-Pig oinking: Pig | Oink
-Sheep bleating: Sheep | Goat | Bleat
-Chickens clucking: Fowl | Chicken, rooster | Cluck
-Rooster crowing: Crowing, cock-a-doodle-doo
-Ducks quacking: Duck | Quack
-Birds chirping: Bird | Bird vocalization, bird call, bird song | Chirp, tweet
-Insects buzzing: Insect | Fly, housefly | Bee, wasp, etc. | Mosquito | Buzz
-Crickets chirping: Cricket
-Frogs croaking: Frog | Croak
-Animal noises: Animal | Domestic animals, pets | Wild animals
-Wind blowing: Wind | Wind noise (microphone)
-Leaves rustling: Rustling leaves | Rustle
-Thunder: Thunder | Thunderstorm
-Rain falling: Rain | Raindrop | Rain on surface
-Water running: Water | Stream | Water tap, faucet | Trickle, dribble | Gush | Pour
-Waves crashing: Ocean | Waves, surf
-Fire crackling: Fire | Crackle
-Traffic: Traffic noise, roadway noise | Vehicle | Motor vehicle (road)
-Car passing: Car | Car passing by
-Car horn honking: Vehicle horn, car horn, honking | Toot
-Siren wailing: Siren | Police car (siren) | Ambulance (siren) | Civil defense siren
-Siren wailing: Fire engine, fire truck (siren) | Emergency vehicle
-Train passing: Train | Rail transport | Railroad car, train wagon
-Train horn: Train horn | Train whistle
-Airplane overhead: Aircraft | Fixed-wing aircraft, airplane | Jet engine | Aircraft engine
-Engine running: Engine | Idling | Medium engine (mid frequency) | Heavy engine (low frequency)
-Engine revving: Accelerating, revving, vroom
-Door slams: Slam
-Knocking: Knock
-Doorbell rings: Doorbell | Ding-dong
-Dishes clattering: Dishes, pots, and pans | Cutlery, silverware
-Typing: Typing | Computer keyboard | Typewriter
-Phone ringing: Telephone | Telephone bell ringing | Ringtone
-Alarm ringing: Alarm | Alarm clock | Smoke detector, smoke alarm | Fire alarm | Car alarm
-Clock ticking: Clock | Tick | Tick-tock
-Gunshots: Gunshot, gunfire | Machine gun | Fusillade
-Fireworks: Fireworks | Firecracker
-Glass shattering: Glass | Shatter
-Beeping: Beep, bleep | Reversing beeps | Chirp tone
-Tone: Sine wave
-Static: Static | White noise | Pink noise
-Electrical hum: Mains hum | Hum
+shouting: Shout | Bellow | Yell | Battle cry | Children shouting
+laughter: Laughter | Belly laugh | Snicker | Giggle | Chuckle, chortle | Baby laughter
+crying: Crying, sobbing | Whimper | Wail, moan
+baby crying: Baby cry, infant cry
+coughing: Cough
+sneezes: Sneeze
+sighs: Sigh
+gasps: Gasp
+groaning: Groan | Grunt
+whooping: Whoop
+breathing heavily: Breathing | Pant | Wheeze
+sniffing: Sniff | Snort
+clears throat: Throat clearing
+footsteps: Walk, footsteps | Run | Shuffle
+chewing: Chewing, mastication | Biting
+clapping: Clapping | Hands
+heartbeat: Heart sounds, heartbeat | Heart murmur
+indistinct chatter: Chatter | Hubbub, speech noise, speech babble
+crowd noise: Crowd
+dog barking: Dog | Bark | Bow-wow | Yip | Canidae, dogs, wolves
+dog whimpering: Whimper (dog)
+cat meowing: Cat | Meow | Caterwaul
+horse neighing: Horse | Neigh, whinny
+hooves clopping: Clip-clop
+cow mooing: Cattle, bovinae | Moo
+pig oinking: Pig | Oink
+sheep bleating: Sheep | Goat | Bleat
+chickens clucking: Fowl | Chicken, rooster | Cluck
+rooster crowing: Crowing, cock-a-doodle-doo
+ducks quacking: Duck | Quack
+birds chirping: Bird | Bird vocalization, bird call, bird song | Chirp, tweet
+insects buzzing: Insect | Fly, housefly | Bee, wasp, etc. | Mosquito | Buzz
+crickets chirping: Cricket
+frogs croaking: Frog | Croak
+animal noises: Animal | Domestic animals, pets | Wild animals
+wind blowing: Wind | Wind noise (microphone)
+leaves rustling: Rustling leaves | Rustle
+thunder: Thunder | Thunderstorm
+rain falling: Rain | Raindrop | Rain on surface
+water running: Water | Stream | Water tap, faucet | Trickle, dribble | Gush | Pour
+waves crashing: Ocean | Waves, surf
+fire crackling: Fire | Crackle
+traffic: Traffic noise, roadway noise | Vehicle | Motor vehicle (road)
+car passing: Car | Car passing by
+car horn honking: Vehicle horn, car horn, honking | Toot
+siren wailing: Siren | Police car (siren) | Ambulance (siren) | Civil defense siren
+siren wailing: Fire engine, fire truck (siren) | Emergency vehicle
+train passing: Train | Rail transport | Railroad car, train wagon
+train horn: Train horn | Train whistle
+airplane overhead: Aircraft | Fixed-wing aircraft, airplane | Jet engine | Aircraft engine
+engine running: Engine | Idling | Medium engine (mid frequency) | Heavy engine (low frequency)
+engine revving: Accelerating, revving, vroom
+door slams: Slam
+knocking: Knock
+doorbell rings: Doorbell | Ding-dong
+dishes clattering: Dishes, pots, and pans | Cutlery, silverware
+typing: Typing | Computer keyboard | Typewriter
+phone ringing: Telephone | Telephone bell ringing | Ringtone
+alarm ringing: Alarm | Alarm clock | Smoke detector, smoke alarm | Fire alarm | Car alarm
+clock ticking: Clock | Tick | Tick-tock
+gunshots: Gunshot, gunfire | Machine gun | Fusillade
+fireworks: Fireworks | Firecracker
+glass shattering: Glass | Shatter
+beeping: Beep, bleep | Reversing beeps | Chirp tone
+tone: Sine wave
+static: Static | White noise | Pink noise
+electrical hum: Mains hum | Hum
 TV playing: Television
-Radio playing: Radio
-Fan whirring: Mechanical fan
-Vacuum cleaner running: Vacuum cleaner
-Toilet flushes: Toilet flush
+radio playing: Radio
+fan whirring: Mechanical fan
+vacuum cleaner running: Vacuum cleaner
+toilet flushes: Toilet flush
 -: Silence | Sound effect | Harmonic | Pulse | Noise | Environmental noise | Distortion | Sidetone
 -: Inside, small room | Inside, large room or hall | Inside, public space | Echo | Reverberation
 -: Outside, urban or manmade | Outside, rural or natural | Field recording
 """
 
 
+def lower_case(caption: str) -> str:
+    """A caption in lower case, as SDH sound captions are; acronyms (TV) keep their capitals."""
+    return " ".join(w if w.isupper() and len(w) > 1 else w.lower() for w in caption.split())
+
+
 @lru_cache(maxsize=None)
 def captions() -> Tuple[Optional[str], ...]:
-    """Caption word per class (None: never captioned), as in docs/outputs.md."""
+    """Caption words per class, lower case (None: never captioned), as in docs/outputs.md."""
     names = label_names("en")
     table: Dict[int, Optional[str]] = {}
     for line in CAPTIONS.strip().splitlines():
@@ -103,12 +111,11 @@ def captions() -> Tuple[Optional[str], ...]:
         for name in members.split("|"):
             table[label_index(name.strip())] = None if caption == "-" else caption
     table.update({i: None for i in span(*SPEECH_NAMES)})
-    table.update({i: "Singing" for i in span(*SINGING_NAMES)})
-    table.update({i: "Music" for i in span(*MUSIC_NAMES)})
+    table.update({i: SINGING for i in span(*SINGING_NAMES)})
+    table.update({i: MUSIC for i in span(*MUSIC_NAMES)})
     for i, name in enumerate(names):
         if i not in table:
-            word = name.split(",")[0].split(" (")[0].strip()
-            table[i] = word[:1].upper() + word[1:]
+            table[i] = lower_case(name.split(",")[0].split(" (")[0])
     return tuple(table[i] for i in range(NUM_CLASSES))
 
 
@@ -128,7 +135,7 @@ def speech_cues(result: dict, writer_args: dict) -> List[Tuple[float, float, str
 
 
 def _sound_captions(events: List[dict]) -> List[dict]:
-    """Events with a caption; events sharing a caption and overlapping are merged."""
+    """Events with a caption; events sharing a caption and overlapping are merged: the sounds."""
     table = captions()
     merged: List[dict] = []
     for event in sorted(events, key=lambda e: e["start"]):
@@ -158,33 +165,85 @@ def _gaps(start: float, end: float, covered: List[Tuple[float, float]]):
     return pieces
 
 
-def sdh_cues(speech: List[Tuple[float, float, str]], events: List[dict]) -> List[tuple]:
-    """Speech cues with the sounds they overlap as extra lines, then sound-only cues for the
-    time between speech: (start, end, text), sorted by start."""
-    sounds = _sound_captions(events)
-    cues = []
-    for start, end, text in speech:
-        over = sorted(
-            (s for s in sounds if s["start"] < end and s["end"] > start), key=lambda s: -s["peak"]
-        )
-        if text and any(s["caption"] == "Singing" for s in over):
-            text = f"♪ {text} ♪"
-            over = [s for s in over if s["caption"] not in ("Singing", "Music")]
-        lines = [f"[{s['caption']}]" for s in over[:MAX_EVENT_LINES]]
-        cues.append((start, end, "\n".join(lines + [text]) if text else "\n".join(lines)))
-    covered = [(start, end) for start, end, _ in speech]
+def _gap_slots(sounds: List[dict], covered: List[Tuple[float, float]]) -> List[tuple]:
+    """(start, end, sounds) of the time between speech cues, split where the set of sounds
+    changes; a part shorter than MIN_EVENT_CUE is joined to the part next to it."""
     pieces = [(a, b, s) for s in sounds for a, b in _gaps(s["start"], s["end"], covered)]
     bounds = sorted({t for a, b, _ in pieces for t in (a, b)})
-    alone: List[tuple] = []
+    slots: List[tuple] = []
     for a, b in zip(bounds, bounds[1:]):
-        here = sorted((s for x, y, s in pieces if x <= a and y >= b), key=lambda s: -s["peak"])
-        text = "\n".join(f"[{s['caption']}]" for s in here[:MAX_EVENT_LINES])
-        if text and alone and alone[-1][1] == a and alone[-1][2] == text:
-            alone[-1] = (alone[-1][0], b, text)
-        elif text:
-            alone.append((a, b, text))
-    cues += alone
-    return sorted(cues, key=lambda c: (c[0], c[1]))
+        here = [s for x, y, s in pieces if x <= a and y >= b]
+        last = slots[-1] if slots else None
+        if here and last and last[1] == a and min(b - a, a - last[0]) < MIN_EVENT_CUE:
+            joined = last[2] + [s for s in here if all(s is not t for t in last[2])]
+            slots[-1] = (last[0], b, joined)
+        elif here:
+            slots.append((a, b, here))
+    return slots
+
+
+def _split(slots: List[tuple], every: float) -> Iterator[tuple]:
+    """Slots longer than ``every`` seconds cut into parts of ``every`` (0: not cut)."""
+    for a, b, here in slots:
+        while every > 0 and b - a >= every + MIN_EVENT_CUE:
+            yield a, a + every, here
+            a += every
+        yield a, b, here
+
+
+class _Captioner:
+    """Chooses each cue's sound captions: a sound at its onset, then ``[... continues]`` once
+    it has gone ``continues`` seconds without its caption; every cue with ``repeat``."""
+
+    def __init__(self, repeat: bool, continues: float):
+        self.repeat, self.continues = repeat, continues
+        self.shown: Dict[int, float] = {}  # id of a sound -> start of the last cue showing it
+
+    def seen(self, sounds: List[dict], start: float):
+        for sound in sounds:
+            self.shown[id(sound)] = start
+
+    def lines(self, sounds: List[dict], start: float) -> List[str]:
+        strongest = sorted(sounds, key=lambda s: -s["peak"])
+        if self.repeat:
+            return [f"[{s['caption']}]" for s in strongest[:MAX_EVENT_LINES]]
+        new = [(s, "") for s in strongest if id(s) not in self.shown]
+        due = [(s, " continues") for s in strongest if id(s) in self.shown
+               and 0 < self.continues <= start - self.shown[id(s)]]  # fmt: skip
+        chosen = (new + due)[:MAX_EVENT_LINES]
+        self.seen([s for s, _ in chosen], start)
+        return [f"[{s['caption']}{suffix}]" for s, suffix in chosen]
+
+
+def sdh_cues(
+    speech: List[Tuple[float, float, str]], events: List[dict], repeat: bool = False,
+    continues: float = CONTINUES_AFTER,
+) -> List[tuple]:
+    """Speech cues with sound captions as extra lines above the text, and sound-only cues for
+    the time between speech: (start, end, text), sorted by start. A sound is captioned on the
+    first cue it overlaps, and again as ``[... continues]`` on the first cue at least
+    ``continues`` seconds later (0: never); ``repeat``: on every cue (whisper-at 1.0)."""
+    sounds = _sound_captions(events)
+    captioner = _Captioner(repeat, continues)
+    slots = [(start, end, text, [s for s in sounds if s["start"] < end and s["end"] > start])
+             for start, end, text in speech]  # fmt: skip
+    gaps = _gap_slots(sounds, [(start, end) for start, end, _ in speech])
+    slots += [(a, b, None, here) for a, b, here in _split(gaps, 0 if repeat else continues)]
+    cues: List[tuple] = []
+    alone: List[tuple] = []  # sound-only cues
+    for start, end, text, here in sorted(slots, key=lambda slot: (slot[0], slot[1])):
+        if text and any(s["caption"] == SINGING for s in here):  # lyrics: ♪ text ♪
+            text = f"♪ {text} ♪"
+            captioner.seen([s for s in here if s["caption"] in (SINGING, MUSIC)], start)
+            here = [s for s in here if s["caption"] not in (SINGING, MUSIC)]
+        lines = "\n".join(captioner.lines(here, start))
+        if text is not None:
+            cues.append((start, end, "\n".join(part for part in (lines, text) if part)))
+        elif lines and alone and alone[-1][1] == start and alone[-1][2] == lines:
+            alone[-1] = (alone[-1][0], end, lines)  # the same captions go on: one cue
+        elif lines:
+            alone.append((start, end if repeat else min(end, start + MAX_SOUND_CUE), lines))
+    return sorted(cues + alone, key=lambda cue: (cue[0], cue[1]))
 
 
 def write_sdh(path: str, cues: List[tuple], vtt: bool):
