@@ -398,3 +398,25 @@ def test_documented_mirror_filling_snippet_runs(server, monkeypatch, tmp_path, h
     assert _printed_sha256(capsys.readouterr().err, "base_ori.pth") == [_sha256(head_bytes)]
     path = weights.head_file("base", False, str(tmp_path / "cache"), str(tmp_path / "heads"))
     assert path == str(tmp_path / "heads" / "base_ori.pth") and len(server.hits) == 2
+
+
+def test_mirror_serving_something_else_is_not_cached(server, monkeypatch, tmp_path, head_bytes,
+                                                     no_env_mirror):
+    """A mirror answering 200 with an HTML page: the page is downloaded, refused, fetched once
+    more, refused, deleted; the official URL serves the head. If it too serves junk, the error
+    lists both and nothing stays in the cache."""
+    page = b"<html><body>Please sign in</body></html>"
+    official = server.serve("/s/x/tiny_ori.pth", head_bytes)
+    _point_tiny_at(monkeypatch, official)
+    server.serve("/heads/tiny_ori.pth", page)
+    base = f"http://127.0.0.1:{server.server_address[1]}/heads/"
+    with pytest.warns(UserWarning, match="refusing to load"):
+        weights.load_head_file("tiny", False, str(tmp_path / "a"), mirror=base)
+    assert server.hits == ["/heads/tiny_ori.pth"] * 2 + ["/s/x/tiny_ori.pth"]
+    assert (tmp_path / "a" / "tiny_ori.pth").read_bytes() == head_bytes
+    server.serve("/s/x/tiny_ori.pth", page)
+    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match=(
+        r"tried \(1\) http://\S+/heads/tiny_ori.pth: refusing to load .*; "
+        r"\(2\) http://\S+/s/x/tiny_ori.pth: refusing to load ")):
+        weights.load_head_file("tiny", False, str(tmp_path / "b"), mirror=base)
+    assert _cache_files(tmp_path / "b") == []

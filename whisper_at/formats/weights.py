@@ -230,21 +230,23 @@ def _fetch_head(source: str, target: str, sha256: Optional[str]) -> str:
 
 
 def _load_head(source: str, target: str, sha256: Optional[str]) -> Dict[str, Tensor]:
-    """The head's state_dict from one source. A cached download that does not load (e.g. one
-    cut short by whisper-at <= 0.5, which downloaded in place, when no sha256 is known) is
-    fetched again, once."""
-    path = _fetch_head(source, target, sha256)
+    """The head's state_dict from one source. A downloaded file that does not load is deleted
+    and fetched again, once (a cached one may have been cut short by whisper-at <= 0.5, which
+    downloaded in place, when no sha256 is known); so no file that does not load is kept."""
     if not _is_url(source):
-        return load_state_dict(path)
-    stat = os.stat(path)
-    try:
-        return load_state_dict(path)
-    except RuntimeError as e:
-        warnings.warn(f"{e}; downloading {path} again", stacklevel=3)
-    with _lock(path):  # unless another process has replaced it meanwhile
-        if os.path.isfile(path) and os.stat(path).st_ino == stat.st_ino:
-            os.remove(path)
-    return load_state_dict(_fetch_head(source, target, sha256))
+        return load_state_dict(_local_head(source, sha256))
+    for again in (False, True):
+        path = download(source, target, sha256)
+        stat = os.stat(path)
+        try:
+            return load_state_dict(path)
+        except RuntimeError as e:
+            with _lock(path):  # unless another process has replaced it meanwhile
+                if os.path.isfile(path) and os.stat(path).st_ino == stat.st_ino:
+                    os.remove(path)
+            if again:
+                raise
+            warnings.warn(f"{e}; downloading {path} again", stacklevel=3)
 
 
 def _first_source(name: str, low_compute: bool, root: Optional[str], mirror: Optional[str],
