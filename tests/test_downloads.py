@@ -351,7 +351,8 @@ def test_failure_lists_every_place_tried(server, monkeypatch, tmp_path, mirror_d
                               f"(1) {mirror_dir / 'tiny_ori.pth'}: not found; (2) cannot download "
                               f"http://127.0.0.1:{server.server_address[1]}/s/x/tiny_ori.pth?dl=1: "
                               "HTTP Error 404")
-    assert "Pass at_head=PATH" in message and weights.MIRROR_ENV in message
+    assert "at_head=PATH" in message and "--at_head PATH" in message
+    assert weights.MIRROR_ENV in message
     assert not (tmp_path / "cache").exists() or _cache_files(tmp_path / "cache") == []
 
 

@@ -46,8 +46,9 @@ HEAD_SHA256: Dict[str, str] = {}
 # (tiny.en_ori.pth, small_low.pth, ...), tried before the official URL; see docs/loading.md.
 MIRROR_ENV = "WHISPER_AT_HEAD_MIRROR"
 _OFFLINE_HINT = (
-    "Offline? Pass at_head=PATH (a head file) to load_model, or a mirror holding the file "
-    f"(at_head_mirror=URL_OR_DIR or ${MIRROR_ENV}); see docs/loading.md"
+    "Offline? Pass a head file (load_model(..., at_head=PATH); on the command line "
+    "--at_head PATH), or a mirror holding it (at_head_mirror=URL_OR_DIR, --at_head_mirror, "
+    f"or ${MIRROR_ENV}); see docs/loading.md"
 )
 
 
