@@ -6,7 +6,8 @@
 #   espeak-ng (test speech), sox + libsox-fmt-all (tones, noise, mixes, formats), ffmpeg (the
 #   decoder openai-whisper uses), and Chromium for the web-demo test: Debian's chromium package; on
 #   Ubuntu, whose chromium packages are snap shims that do not run in containers, Playwright's own
-#   build (python -m playwright install --with-deps chromium).
+#   build (python -m playwright install --with-deps chromium); libatomic1, without which
+#   Playwright's driver (a Node.js binary in the pip package) does not start on a slim system.
 # Python, into the environment of `python` (or $PYTHON): torch==2.13.0 when no torch is installed
 #   (unpinned, pip would take the newest, a CUDA build of several GB), then this checkout, editable,
 #   with its test extra, unless an editable whisper-at and every requirement are there already.
@@ -113,6 +114,7 @@ command -v espeak-ng >/dev/null || packages+=(espeak-ng)
 command -v sox >/dev/null || packages+=(sox)
 if command -v dpkg-query >/dev/null && ! have_deb libsox-fmt-all; then packages+=(libsox-fmt-all); fi
 command -v ffmpeg >/dev/null || packages+=(ffmpeg)
+if command -v dpkg-query >/dev/null && ! have_deb libatomic1; then packages+=(libatomic1); fi
 browser=ok
 if ! system_chromium; then
     if ! is_ubuntu; then
