@@ -3,6 +3,9 @@ is not on PATH) matches it: exactly for PCM and FLAC; for lossy codecs, decoders
 FFmpeg versions may differ (measured with ffmpeg 5.1 vs PyAV 18.1: MP3 exact, Vorbis and AAC
 1/32768 at most), so those allow 2/32768. Lengths are always equal."""
 
+import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +17,10 @@ import torch
 import whisper
 
 import whisper_at
-from whisper_at import audio_io
+from whisper_at import audio_io, cli
+from whisper_at.mel import log_mel_spectrogram
+
+REPO = Path(__file__).resolve().parents[1]
 
 # name -> (how to make it from speech_wav, allowed max |ffmpeg - PyAV| in 1/32768 steps)
 FORMATS = {
@@ -121,3 +127,29 @@ def test_arrays_and_tensors_pass_through_transcribe(tiny_at, speech_wav, tmp_pat
     assert torch.equal(tensor, torch.from_numpy(original))
     with pytest.raises(TypeError, match="audio must be a path, numpy array or tensor, got list"):
         whisper_at.transcribe(tiny_at, original.tolist())
+
+
+def test_log_mel_of_a_path_needs_no_ffmpeg(speech_wav, no_ffmpeg):
+    with pytest.raises(FileNotFoundError):  # openai-whisper's decodes with the CLI
+        whisper.log_mel_spectrogram(str(speech_wav))
+    expected = whisper.log_mel_spectrogram(audio_io.load_audio(str(speech_wav)), padding=480)
+    assert torch.equal(log_mel_spectrogram(str(speech_wav), padding=480), expected)
+
+
+def test_cli_transcribes_without_ffmpeg(tiny_en_pt, tiny_head_file, tmp_path):
+    """The README's first command on a machine without ffmpeg (PyAV decodes), offline: the
+    same result files as with ffmpeg."""
+    argv = [str(REPO / "examples" / "speech.wav"), "--model", str(tiny_en_pt), "--at_head",
+            str(tiny_head_file), "-f", "json", "--fp16", "False", "--verbose", "False"]
+    assert cli.main(argv + ["--output_dir", str(tmp_path / "ffmpeg")]) == 0
+    (tmp_path / "bin").mkdir()
+    env = dict(os.environ, PATH=str(tmp_path / "bin"),
+               PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    assert shutil.which("ffmpeg", path=env["PATH"]) is None
+    run = subprocess.run([sys.executable, "-m", "whisper_at", *argv, "--output_dir",
+                          str(tmp_path / "pyav")], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    expected = json.loads((tmp_path / "ffmpeg" / "speech.json").read_text())
+    actual = json.loads((tmp_path / "pyav" / "speech.json").read_text())
+    assert actual == expected
+    assert "music, laughter" in actual["text"].lower()

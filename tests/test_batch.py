@@ -289,3 +289,37 @@ def test_ray_engine_matches_local_engine(uninterrupted, collection, model_args, 
                         read_results(str(tmp_path / "ray_tag")), atol=1e-4)
     for out in ("ray_transcribe", "ray_tag"):
         assert_no_duplicates(tmp_path / out)
+
+
+# makes `import <name>` fail as for a package that is not installed, for each name in $BLOCK
+BLOCKER = """
+import os, sys
+class Missing:
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.split(".")[0] in os.environ["BLOCK"].split(","):
+            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+sys.meta_path.insert(0, Missing())
+"""
+
+
+@pytest.mark.parametrize("missing, says", [
+    ("pyarrow", "--engine ray needs Ray Data (pyarrow is not installed): "),
+    ("ray", "--engine ray needs Ray: "),
+])
+def test_ray_engine_without_its_dependencies_says_what_to_install(
+    collection, model_args, tmp_path, missing, says
+):
+    pytest.importorskip("ray")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(BLOCKER)
+    env = _env()
+    env.update(BLOCK=missing, PYTHONPATH=f"{tmp_path / 'site'}{os.pathsep}{env['PYTHONPATH']}")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "whisper_at", "batch", str(collection), str(out), *model_args,
+         "--engine", "ray"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == (
+        f"whisper-at batch: error: {says}pip install 'whisper-at[ray]' "
+        "(Ray with its Data dependencies, 'ray[data]')")
+    assert not out.exists()  # nothing was started

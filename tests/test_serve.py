@@ -1,14 +1,16 @@
 """``whisper-at serve``: a real server process, driven by headless Chromium and gradio_client.
 
 The server runs ``python -m whisper_at.serve`` with real tiny.en weights and the seeded random
-head on a free loopback port. Needs gradio, gradio_client, playwright (the Python package) and
-Debian's chromium (``apt-get install -y chromium``); Playwright's own browser download is never
-used.
+head on a free loopback port. Needs gradio, gradio_client, playwright (the Python package) and a
+Chromium: Debian's (``apt-get install -y chromium``) or any other on PATH that runs and is not a
+snap, else Playwright's own build (on Ubuntu, whose chromium packages are snap shims:
+``python -m playwright install --with-deps chromium``). tests/install.sh sets up either.
 """
 
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,11 +24,22 @@ import pytest
 from whisper_at.labels import label_names
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 MAX_DURATION = 70  # seconds: long_speech_wav (67 s) is accepted, the 75 s tone is not
 TAG = re.compile(r"(.+?) \((-?\d+\.\d+)\)(?: \| |$)")
+
+
+def _chromium(playwright) -> str:
+    """The Chromium to drive: one on PATH that runs (not a snap), else Playwright's own."""
+    path = shutil.which("chromium")
+    if path and not os.path.realpath(path).startswith("/snap/"):
+        if subprocess.run([path, "--version"], capture_output=True, timeout=60).returncode == 0:
+            return path
+    if os.path.exists(playwright.chromium.executable_path):
+        return playwright.chromium.executable_path
+    pytest.fail("no Chromium: run tests/install.sh (Debian: apt-get install -y chromium; Ubuntu: "
+                "python -m playwright install --with-deps chromium)", pytrace=False)
 
 
 def _free_port() -> int:
@@ -103,11 +116,9 @@ def _tags(cell: str):
 
 def test_browser_upload_transcribe_and_errors(server, bad_files, speech_wav, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} not found: apt-get install -y chromium", pytrace=False)
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+            str(tmp_path / "profile"), executable_path=_chromium(p), args=CHROMIUM_ARGS,
             headless=True, viewport={"width": 1280, "height": 900})
         try:
             page = browser.new_page()

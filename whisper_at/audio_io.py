@@ -1,4 +1,5 @@
-"""Reading audio files: openai-whisper's ffmpeg CLI when it is on PATH, else PyAV.
+"""Reading audio files: openai-whisper's ffmpeg CLI when it is on PATH, else PyAV (a dependency
+of whisper-at, so files decode on machines without ffmpeg).
 
 Both give 16-bit mono samples at 16 kHz as float32. PyAV resamples with libswresample set up as
 the ffmpeg CLI sets it up (a 16-bit internal format for 16-bit sources), so 16-bit WAV/FLAC give
@@ -36,8 +37,8 @@ def _import_av():
         import av
     except ImportError:
         raise RuntimeError(
-            "ffmpeg is not on PATH and PyAV is not installed: install ffmpeg, or "
-            "`pip install whisper-at[av]`"
+            "ffmpeg is not on PATH and PyAV is not installed: install ffmpeg, or PyAV "
+            "(`pip install 'av>=12'`, a dependency of whisper-at)"
         ) from None
     return av
 

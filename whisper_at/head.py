@@ -7,6 +7,7 @@ which store these modules under the ``at_model.`` prefix of the model's state_di
 import math
 from typing import Dict, Mapping
 
+import torch
 from torch import Tensor, nn
 from whisper.model import ResidualAttentionBlock
 
@@ -109,9 +110,15 @@ def load_head(state: Mapping[str, Tensor], n_layer: int, n_state: int) -> TLTR:
             f"the AT head expects encoder features of width {width}, but the backbone's are "
             f"{n_state} wide: the head belongs to another model size"
         )
-    head = TLTR(n_layer, n_state, low_compute=low_compute, n_classes=n_classes)
+    # built on the meta device and given the checkpoint's tensors: no random init, so loading a
+    # head leaves torch's global RNG as openai-whisper's load_model leaves it (seeded scripts
+    # sample the same temperature fallbacks)
+    with torch.device("meta"):
+        head = TLTR(n_layer, n_state, low_compute=low_compute, n_classes=n_classes)
+    state = {k: v.to(torch.float32, copy=True) if torch.is_tensor(v) else v
+             for k, v in state.items()}
     try:
-        head.load_state_dict(state, strict=True)
+        head.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:
         raise ValueError(f"the AT head checkpoint does not fit a TL-TR head: {e}") from None
     return head

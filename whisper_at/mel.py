@@ -6,7 +6,8 @@ from its own samples (the same reflect/zero padding, the same frames), which giv
 values with transients the size of one chunk; ``log_mel_spectrogram`` is a drop-in, and
 ``MelWindows`` yields the 30 s (or 10 s) windows one at a time; for long audio without ever
 holding the whole spectrogram (a first pass finds the global maximum that the normalisation
-needs, a second makes each window).
+needs, a second makes each window). A path is decoded by :mod:`whisper_at.audio_io` (the ffmpeg
+CLI when it is on PATH, else PyAV).
 """
 
 import math
@@ -15,15 +16,9 @@ from typing import Iterator, Optional, Tuple, Union
 import numpy as np
 import torch
 from torch import Tensor
-from whisper.audio import (
-    HOP_LENGTH,
-    N_FFT,
-    N_FRAMES,
-    N_SAMPLES,
-    load_audio,
-    mel_filters,
-    pad_or_trim,
-)
+from whisper.audio import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, mel_filters, pad_or_trim
+
+from .audio_io import load_audio
 
 CHUNK_FRAMES = 3000  # STFT frames per chunk: 30 s of audio
 # The mel matmul of a few frames takes another BLAS path (a different summation order: the last

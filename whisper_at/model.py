@@ -84,7 +84,10 @@ class _Session:
 
 
 class WhisperAT(Whisper):
-    """Whisper with Whisper-AT audio tagging; ``at_model`` is the TL-TR head (or None)."""
+    """Whisper with Whisper-AT audio tagging; ``at_model`` is the TL-TR head (or None).
+
+    ``WhisperAT(dims)`` is a new model, randomly initialised like ``Whisper(dims)``, head
+    included; ``whisper_at.load_model`` initialises no head at random (see ``load_head``)."""
 
     def __init__(self, dims: ModelDimensions, at_low_compute: bool = False, with_head=True):
         super().__init__(dims)

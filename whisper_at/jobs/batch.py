@@ -133,6 +133,10 @@ def run(options: BatchOptions, source: str, output_dir: str,
         extensions: Iterable[str] = EXTENSIONS.split(","), **engine_options) -> Sink:
     """Process every file INPUT names into OUTPUT_DIR with the engine ("local" or "ray", given
     ``engine_options``: ``run_local``'s or ``run_ray``'s); returns the sink (counts, failures)."""
+    if engine == "ray":  # before anything is written
+        from .ray_engine import require_ray
+
+        require_ray()
     paths = find_inputs(source, extensions)
     os.makedirs(output_dir, exist_ok=True)
     lock = lock_output_dir(output_dir)
@@ -232,6 +236,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     model = {name: args.pop(name) for name in MODEL_OPTIONS}
     model["at_head_mirror"] = head_mirror(model["at_head_mirror"])  # the env var's, for Ray
     engine, extensions = args.pop("engine"), args.pop("extensions").split(",")
+    if engine == "ray":
+        from .ray_engine import require_ray
+
+        try:
+            require_ray()
+        except RuntimeError as e:
+            parser.error(str(e))
     engine_options = {name: args.pop(name) for name in LOCAL_OPTIONS + RAY_OPTIONS}
     engine_options = {name: engine_options[name] for name in ENGINE_OPTIONS[engine]}
     output = OutputOptions(

@@ -12,7 +12,8 @@ Failures: a file that fails to decode or to run is retried ``--retries`` times i
 recorded with its error. A decode task or model actor that dies (node lost, out of memory) is
 retried or restarted by Ray, as Ray Data does by default (task ``max_retries``; actors restarted
 with their batch resubmitted).
-Ray is imported only here, so the base install does not need it (``pip install whisper-at[ray]``).
+Ray is imported only here, so the base install does not need it (``pip install whisper-at[ray]``:
+Ray with its Data dependencies, ``ray[data]``).
 """
 
 import dataclasses
@@ -39,6 +40,22 @@ MAX_BLOCKS = 10_000
 # Each decode task reserves this memory (ffmpeg and a long waveform); as the model actors
 # reserve none, Ray also keeps the two steps apart instead of fusing decoding into the actors.
 DECODE_MEMORY = 256 * 1024**2
+
+
+def require_ray():
+    """The ``ray`` module with Ray Data importable, or a RuntimeError naming what to install
+    (plain ``pip install ray`` lacks Ray Data's dependencies, e.g. pyarrow)."""
+    install = "pip install 'whisper-at[ray]' (Ray with its Data dependencies, 'ray[data]')"
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError(f"--engine ray needs Ray: {install}") from None
+    try:
+        import ray.data  # noqa: F401
+    except ImportError as e:
+        missing = f"{e.name} is not installed" if e.name else str(e)
+        raise RuntimeError(f"--engine ray needs Ray Data ({missing}): {install}") from None
+    return ray
 
 
 def _decode_row(row: Dict, retries: int) -> Dict:
@@ -113,11 +130,7 @@ def run_ray(
     cpus_per_actor: float = 1, num_cpus: Optional[int] = None, files_per_batch: int = 8,
 ) -> None:
     """Run every file on Ray; ``sink(record, audio_tag)`` takes each result on this driver."""
-    try:
-        import ray
-    except ImportError:
-        raise RuntimeError("--engine ray needs Ray: pip install 'whisper-at[ray]'") from None
-
+    ray = require_ray()
     started = _connect(address, num_cpus)
     try:
         context = ray.data.DataContext.get_current()

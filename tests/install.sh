@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# Install what the test suite needs on a Debian or Ubuntu machine; the README's second command is
+#   tests/install.sh && python -m pytest -q
+#
+# System packages, through apt-get (with sudo when not root), each only when missing:
+#   espeak-ng (test speech), sox + libsox-fmt-all (tones, noise, mixes, formats), ffmpeg (the
+#   decoder openai-whisper uses), and Chromium for the web-demo test: Debian's chromium package; on
+#   Ubuntu, whose chromium packages are snap shims that do not run in containers, Playwright's own
+#   build (python -m playwright install --with-deps chromium); libatomic1, without which
+#   Playwright's driver (a Node.js binary in the pip package) does not start on a slim system.
+# Python, into the environment of `python` (or $PYTHON): torch==2.13.0 when no torch is installed
+#   (unpinned, pip would take the newest, a CUDA build of several GB), then this checkout, editable,
+#   with its test extra, unless an editable whisper-at and every requirement are there already.
+# Running it again installs nothing and takes a second or two.
+#   tests/install.sh --check    only report what is missing (exit status 1 if anything is)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python}
+CHECK=0
+case "${1:-}" in
+    "") ;;
+    --check) CHECK=1 ;;
+    *) echo "usage: tests/install.sh [--check]" >&2; exit 2 ;;
+esac
+
+say() { echo "tests/install.sh: $*" >&2; }
+
+if ! command -v "$PYTHON" >/dev/null; then
+    say "$PYTHON not found: activate the Python environment (3.9 or newer, with pip) that runs" \
+        "the tests, or name its interpreter in PYTHON"
+    exit 1
+fi
+
+is_ubuntu() {  # Ubuntu or a derivative (ID_LIKE=ubuntu)
+    [ -r /etc/os-release ] && (. /etc/os-release && [[ " ${ID:-} ${ID_LIKE:-} " == *" ubuntu "* ]])
+}
+
+have_deb() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q " installed$"; }
+
+system_chromium() {  # a Chromium that runs, and is not a snap (Playwright cannot drive those)
+    local path
+    path=$(command -v chromium) || return 1
+    [[ $(readlink -f "$path") != /snap/* ]] && timeout 60 "$path" --version >/dev/null 2>&1
+}
+
+playwright_chromium() {  # Playwright's own Chromium build is installed
+    "$PYTHON" - 2>/dev/null <<'EOF'
+import os, sys
+from playwright.sync_api import sync_playwright
+with sync_playwright() as p:
+    sys.exit(0 if os.path.exists(p.chromium.executable_path) else 1)
+EOF
+}
+
+python_missing() {  # prints the unmet Python requirements of this checkout, one a line
+    "$PYTHON" - <<'EOF'
+import importlib.metadata as metadata
+import json
+import os
+import sys
+
+# not this checkout: the whisper_at.egg-info that pip leaves here is not the installed copy
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.getcwd()]
+try:
+    from packaging.requirements import Requirement
+    try:
+        import tomllib
+    except ImportError:
+        import tomli as tomllib
+except ImportError as e:  # pip installs them with the test extra
+    sys.exit(print(e.name) or 1)
+
+with open("pyproject.toml", "rb") as f:
+    project = tomllib.load(f)["project"]
+unmet, seen = [], set()
+
+
+def check(text, extra=""):
+    req = Requirement(text)
+    if text in seen or (req.marker and not req.marker.evaluate({"extra": extra})):
+        return
+    seen.add(text)
+    try:
+        version = metadata.version(req.name)
+    except metadata.PackageNotFoundError:
+        return unmet.append(text)
+    if not req.specifier.contains(version, prereleases=True):
+        return unmet.append(f"{text} (found {version})")
+    for name in req.extras:  # e.g. ray[data]: the extra's own requirements
+        for sub in metadata.requires(req.name) or []:
+            marker = Requirement(sub).marker
+            if marker and marker.evaluate({"extra": name}) and not marker.evaluate({"extra": ""}):
+                check(sub, name)
+
+
+try:
+    direct_url = json.loads(metadata.distribution(project["name"]).read_text("direct_url.json")
+                            or "{}")
+    if not direct_url.get("dir_info", {}).get("editable"):
+        unmet.append(f"{project['name']} (installed, but not editable)")
+except metadata.PackageNotFoundError:
+    unmet.append(project["name"])
+for text in project["dependencies"] + project["optional-dependencies"]["test"]:
+    check(text)
+print("\n".join(unmet))
+sys.exit(1 if unmet else 0)
+EOF
+}
+
+# ---------------------------------------------------------------- what is missing
+packages=()
+command -v espeak-ng >/dev/null || packages+=(espeak-ng)
+command -v sox >/dev/null || packages+=(sox)
+if command -v dpkg-query >/dev/null && ! have_deb libsox-fmt-all; then packages+=(libsox-fmt-all); fi
+command -v ffmpeg >/dev/null || packages+=(ffmpeg)
+if command -v dpkg-query >/dev/null && ! have_deb libatomic1; then packages+=(libatomic1); fi
+browser=ok
+if ! system_chromium; then
+    if ! is_ubuntu; then
+        packages+=(chromium)
+    elif ! playwright_chromium; then
+        browser=playwright
+    fi
+fi
+torch=ok
+"$PYTHON" -c "import importlib.metadata as m; m.version('torch')" 2>/dev/null || torch=missing
+python=ok
+unmet=$(python_missing) || python=missing
+
+if [ "$CHECK" = 1 ]; then
+    status=0
+    if [ ${#packages[@]} -gt 0 ]; then say "missing system packages: ${packages[*]}"; status=1; fi
+    if [ "$browser" != ok ]; then say "missing: Playwright's Chromium build"; status=1; fi
+    if [ "$torch" != ok ]; then say "missing: torch"; status=1; fi
+    if [ "$python" != ok ]; then
+        say "missing Python requirements:"
+        printf '%s\n' "$unmet" | sed 's/^/    /' >&2
+        status=1
+    fi
+    [ "$status" = 0 ] && say "everything the tests need is installed"
+    exit "$status"
+fi
+
+# ---------------------------------------------------------------- install it
+if [ ${#packages[@]} -gt 0 ]; then
+    if ! command -v apt-get >/dev/null; then
+        say "missing ${packages[*]}, and there is no apt-get: install them with this system's" \
+            "package manager, then run this again"
+        exit 1
+    fi
+    as_root=(env DEBIAN_FRONTEND=noninteractive)
+    if [ "$(id -u)" != 0 ]; then
+        if ! command -v sudo >/dev/null; then
+            say "missing ${packages[*]}; not root and no sudo: as root, run" \
+                "apt-get update && apt-get install -y ${packages[*]}"
+            exit 1
+        fi
+        as_root=(sudo "${as_root[@]}")
+    fi
+    say "installing ${packages[*]}"
+    "${as_root[@]}" apt-get update -q
+    "${as_root[@]}" apt-get install -y -q "${packages[@]}"
+fi
+
+if [ "$torch" != ok ]; then
+    "$PYTHON" -m pip install torch==2.13.0
+fi
+if [ "$python" != ok ]; then
+    "$PYTHON" -m pip install -e ".[test]"
+fi
+
+if [ "$browser" != ok ] || { ! system_chromium && ! playwright_chromium; }; then
+    if "$PYTHON" -c "import playwright" 2>/dev/null; then  # none on Python 3.9: the test skips
+        "$PYTHON" -m playwright install --with-deps chromium
+    fi
+fi
+say "everything the tests need is installed"

@@ -1,0 +1,118 @@
+"""tests/install.sh: the README's test command sets a machine up by itself, and CI runs it.
+
+The machine's packages are never removed here: the missing-package cases run the script with a
+PATH that hides some programs and with apt-get, sudo and id replaced by recorders, so the test
+sees what the script would run without running it (pip is recorded too, never run)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "tests" / "install.sh"
+COMMAND = "tests/install.sh && python -m pytest -q"
+
+
+def test_readme_and_ci_give_the_same_command():
+    readme = (REPO / "README.md").read_text().splitlines()
+    assert readme[0] == "```bash" and readme[3] == "```"
+    assert readme[2].split("  #")[0].strip() == COMMAND
+    ci = [line for line in (REPO / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.startswith("#")]
+    assert ci[-1] == COMMAND  # verbatim, and last: its status is CI's
+    assert os.access(SCRIPT, os.X_OK)
+
+
+def test_a_second_run_would_install_nothing():
+    """What the script installed is what it checks for (no reinstall on every run)."""
+    run = subprocess.run([str(SCRIPT), "--check"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.strip() == "tests/install.sh: everything the tests need is installed"
+
+
+def _machine(tmp_path: Path, hide=(), root=True, sudo=True, apt=True) -> dict:
+    """Environment of a machine like this one without the programs in ``hide``: a PATH of links
+    to this PATH's programs, where apt-get, sudo, id and $PYTHON -m pip are recorders."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "log"
+    bin_dir.mkdir()
+    for directory in os.environ["PATH"].split(os.pathsep):
+        if not os.path.isdir(directory):
+            continue
+        for name in os.listdir(directory):
+            target = bin_dir / name
+            path = os.path.join(directory, name)
+            if name not in hide and not target.exists() and os.access(path, os.X_OK):
+                target.symlink_to(path)
+    fakes = {
+        "apt-get": f'echo "apt-get $*" >> {log}' if apt else None,
+        "sudo": f'echo "sudo $*" >> {log}; exec "$@"' if sudo else None,
+        "id": 'if [ "$1" = -u ]; then echo %s; else exec /usr/bin/id "$@"; fi' % (
+            0 if root else 1000),
+        "python-recorder": f'if [ "$1 $2" = "-m pip" ]; then echo "pip $*" >> {log}; exit 0; fi\n'
+                           f'exec {sys.executable} "$@"',
+    }
+    for name, body in fakes.items():
+        (bin_dir / name).unlink(missing_ok=True)
+        if body is not None:
+            (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+            (bin_dir / name).chmod(0o755)
+    return dict(os.environ, PATH=str(bin_dir), PYTHON=str(bin_dir / "python-recorder"))
+
+
+def _install(env: dict, tmp_path: Path):
+    run = subprocess.run([str(SCRIPT)], env=env, capture_output=True, text=True, timeout=300)
+    log = tmp_path / "log"
+    return run, log.read_text().splitlines() if log.exists() else []
+
+
+def test_missing_packages_are_installed_with_apt_get(tmp_path):
+    run, log = _install(_machine(tmp_path, hide={"sox", "ffmpeg"}), tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert log == ["apt-get update -q", "apt-get install -y -q sox ffmpeg"]
+
+
+def test_not_root_uses_sudo(tmp_path):
+    run, log = _install(_machine(tmp_path, hide={"espeak-ng"}, root=False), tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert log == [
+        "sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q", "apt-get update -q",
+        "sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q espeak-ng",
+        "apt-get install -y -q espeak-ng",
+    ]
+
+
+@pytest.mark.parametrize("sudo, apt, says", [
+    (False, True, "tests/install.sh: missing ffmpeg; not root and no sudo: as root, run "
+                  "apt-get update && apt-get install -y ffmpeg"),
+    (True, False, "tests/install.sh: missing ffmpeg, and there is no apt-get: install them with "
+                  "this system's package manager, then run this again"),
+])
+def test_no_way_to_install_is_a_clear_error(tmp_path, sudo, apt, says):
+    env = _machine(tmp_path, hide={"ffmpeg"}, root=False, sudo=sudo, apt=apt)
+    run, log = _install(env, tmp_path)
+    assert run.returncode == 1 and log == []
+    assert run.stderr.strip() == says
+
+
+def test_pip_runs_when_a_requirement_is_missing(tmp_path):
+    """A requirement the checkout's pyproject.toml asks for and that is not installed makes the
+    script install the checkout with its test extra (recorded, not run)."""
+    env = _machine(tmp_path)
+    checkout = tmp_path / "checkout"
+    (checkout / "tests").mkdir(parents=True)
+    (checkout / "tests" / "install.sh").symlink_to(SCRIPT)
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert pyproject.count('"numpy",\n') == 1
+    (checkout / "pyproject.toml").write_text(
+        pyproject.replace('"numpy",\n', '"numpy",\n    "no-such-package-for-whisper-at>=1",\n'))
+    check = subprocess.run([str(checkout / "tests" / "install.sh"), "--check"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert check.returncode == 1
+    assert "    no-such-package-for-whisper-at>=1" in check.stderr.splitlines()
+    run = subprocess.run([str(checkout / "tests" / "install.sh")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "log").read_text().splitlines() == ["pip -m pip install -e .[test]"]
