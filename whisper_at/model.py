@@ -7,6 +7,7 @@ temperature fallback and word timestamps, which openai-whisper would each re-enc
 """
 
 import threading
+import weakref
 from contextlib import contextmanager
 from typing import Callable, List, Optional, Tuple, Union
 
@@ -30,6 +31,8 @@ def _pool(x: Tensor) -> Tensor:
 
 
 _TLS = threading.local()
+_LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> its RLock
+_LOCKS_GUARD = threading.Lock()
 
 
 def _tap_hook(module, inputs, output):
@@ -115,6 +118,17 @@ class WhisperAT(Whisper):
         return self.encoder.positional_embedding.device
 
     @property
+    def at_lock(self) -> threading.RLock:
+        """Held by ``transcribe`` while it runs (and by ``embed_audio_with_layers``): one
+        transcription at a time per model, as openai-whisper's decoder keeps its kv-cache hooks
+        on the model. Kept outside the module, so models still pickle and deep-copy."""
+        with _LOCKS_GUARD:
+            lock = _LOCKS.get(self)
+            if lock is None:
+                lock = _LOCKS[self] = threading.RLock()
+            return lock
+
+    @property
     def has_at_head(self) -> bool:
         return getattr(self, "at_model", None) is not None
 
@@ -131,7 +145,8 @@ class WhisperAT(Whisper):
             mel = mel.unsqueeze(0)
         _TLS.layers = []
         try:
-            with torch.no_grad(), self._short_windows(mel.shape[-1]):
+            # the lock: no other thread encodes while the positional embedding is sliced
+            with torch.no_grad(), self.at_lock, self._short_windows(mel.shape[-1]):
                 features = self.encoder(mel)
             pooled = torch.stack(_TLS.layers, dim=1)
         finally:

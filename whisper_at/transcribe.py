@@ -125,11 +125,12 @@ def transcribe(
             return
         taggers[0].add_window(seek, pooled, valid)
 
-    model.open_session(on_window)
-    try:
-        result = _rebound_transcribe(locator)(model, audio, **transcribe_options)
-    finally:
-        model.close_session()
+    with model.at_lock:  # one transcription at a time per model (see WhisperAT.at_lock)
+        model.open_session(on_window)
+        try:
+            result = _rebound_transcribe(locator)(model, audio, **transcribe_options)
+        finally:
+            model.close_session()
 
     tagger = taggers[0] if taggers else new_tagger()
     if model.has_at_head:
