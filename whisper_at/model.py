@@ -80,10 +80,11 @@ class _WindowCache:
 
 
 class _Session:
-    def __init__(self, on_window: Callable[[Tensor, Tensor], None]):
+    def __init__(self, on_window: Callable[[Tensor, Tensor], None], gate=None):
         self.thread = threading.get_ident()
         self.cache = _WindowCache()
         self.on_window = on_window
+        self.gate = gate
 
 
 class WhisperAT(Whisper):
@@ -208,10 +209,16 @@ class WhisperAT(Whisper):
     def decode(
         self, mel: Tensor, options: DecodingOptions = DecodingOptions(), **kwargs
     ) -> Union[DecodingResult, List[DecodingResult]]:
-        if self._session() is not None and self._is_mel(mel):
+        session = self._session()
+        if session is not None and self._is_mel(mel):
             if options.fp16:
                 mel = mel.half()
-            mel = self._encode(mel, record=True)
+            features = self._encode(mel, record=True)
+            if session.gate is not None and mel.ndim == 2:  # the speech gate (gate.py)
+                skipped = session.gate(mel, features, options)
+                if skipped is not None:
+                    return skipped
+            mel = features
         return decode_function(self, mel, options, **kwargs)
 
     def detect_language(self, mel: Tensor, tokenizer=None):
@@ -221,12 +228,14 @@ class WhisperAT(Whisper):
 
     # --- tagging ------------------------------------------------------------------------------
 
-    def open_session(self, on_window: Callable[[Tensor, Tensor], None]):
+    def open_session(self, on_window: Callable[[Tensor, Tensor], None], gate=None):
         """Start caching encoder windows in this thread; ``on_window(mel, pooled)`` sees each
-        window that ``decode`` encodes, once ([n_mels, 3000] and [n_layer, 75, d])."""
+        window that ``decode`` encodes, once ([n_mels, 3000] and [n_layer, 75, d]).
+        ``gate(mel, features, options)``, if given, runs before each window is decoded; a
+        DecodingResult it returns is returned instead of decoding."""
         if self._session() is not None:
             raise RuntimeError("a transcription is already running on this model in this thread")
-        self._at_session = _Session(on_window)
+        self._at_session = _Session(on_window, gate)
         return self._at_session
 
     def close_session(self):
