@@ -264,5 +264,5 @@ def tiny_speech(tiny_en_pt: Path, speech_head_file: Path):
 
 @pytest.fixture(scope="session")
 def gate_wav(audio_dir: Path):
-    """(path, parts): speech, 20 s tone, 20 s noise, speech (~84 s; testkit.gate_audio)."""
+    """(path, parts): speech, 20 s tone, 29 s noise, speech (~93 s; testkit.gate_audio)."""
     return testkit.gate_audio(audio_dir / "gate.wav")

@@ -203,10 +203,10 @@ def plain_twin(at_model):
 # The official heads are unreachable offline, so tests that need tags that mean something use a
 # TL-TR head for tiny.en trained here with the project's own tools (`whisper-at features` +
 # `whisper-at train`) on 10 s clips the recipe makes: espeak-ng speech (varied voices, speeds,
-# pitches; half of it over a quiet background) against sox tones, chirps, hum, noise and
-# plucked-string "music". None of the SENTENCES above is spoken in it, so audio made from them is
-# held out. Cached under <cache>/speech-head/<key>, key = hash of this recipe and the code that
-# runs it; built under a file lock, published by one rename.
+# pitches; over a quiet background or as a short burst among other sound) against sox tones,
+# chirps, hum, noise and plucked-string "music". None of the SENTENCES above is spoken in it, so
+# audio made from them is held out. Cached under <cache>/speech-head/<key>, key = hash of this
+# recipe and the code that runs it; built under a file lock, published by one rename.
 
 SPEECH_HEAD_SENTENCES = [
     "The weather will be sunny tomorrow with a light breeze from the west.",
@@ -340,8 +340,10 @@ def _speech_head_sources(work: Path, rng) -> Dict[str, list]:
 
 def _speech_head_clips(sources: Dict[str, list], out: Path, seed: int, n_clips: int) -> Path:
     """n_clips clips of 3-10 s (most 10 s) in out/audio and their AudioSet-style labels
-    (out/labels.csv): a third speech (half of it over a quieter background sound), the rest one
-    or two non-speech sounds at random levels. Returns the labels file."""
+    (out/labels.csv): a third speech (half of it over a quieter background sound; some of it a
+    1.5-4 s burst among other sound: as in AudioSet, a clip is labelled with every sound present
+    anywhere in it), the rest one or two non-speech sounds at random levels. Returns the labels
+    file."""
     import numpy as np
 
     from whisper_at.labels import class_ids, label_index
@@ -363,7 +365,15 @@ def _speech_head_clips(sources: Dict[str, list], out: Path, seed: int, n_clips: 
         kinds = set()
         clip = np.zeros(n, np.float32)
         length = n if rng.random() < 0.7 else int(rng.uniform(3, CLIP_SECONDS) * RATE)
-        if i % 3 == 0:
+        if i % 3 == 0 and rng.random() < 0.3:  # a short burst of speech among other sound
+            utterance = sources["speech"][rng.integers(len(sources["speech"]))]
+            piece = utterance[: min(int(rng.uniform(1.5, 4) * RATE), length - RATE // 2)]
+            start = int(rng.integers(0, length - len(piece)))
+            clip[start : start + len(piece)] += piece / max(np.abs(piece).max(), 1e-6) * 0.5
+            kind = others[rng.integers(len(others))]
+            clip += cut(kind, float(rng.uniform(0.01, 0.1)))
+            kinds |= {"speech", kind}
+        elif i % 3 == 0:
             cursor = int(rng.uniform(0, 1.5) * RATE)
             while cursor < n - RATE:
                 utterance = sources["speech"][rng.integers(len(sources["speech"]))]
