@@ -123,7 +123,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_args(parser, repeats=3, models=("tiny",))
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5])
-    parser.add_argument("--no_faster", action="store_true", help="skip the faster-whisper rows")
+    parser.add_argument("--no_faster", action="store_true",
+                        help="skip the faster-whisper rows (--quick skips them too)")
     args = common.parse_args(parser)
     if args.models != ["tiny"]:
         parser.error("the speech head is trained for tiny.en: --models tiny")
@@ -134,7 +135,7 @@ def main():
     print("# audio: " + ", ".join(f"{k} {a:.1f}-{b:.1f} s" for a, b, k, _ in parts))
 
     rows = whisper_rows(path, args.thresholds, args.repeats)
-    faster = not args.no_faster and importlib.util.find_spec("faster_whisper") is not None
+    faster = not (args.no_faster or args.quick) and importlib.util.find_spec("faster_whisper")
     if faster:
         rows.update(faster_rows(path, args.repeats))
         rows.update(at_faster_rows(path, args.repeats))
