@@ -241,3 +241,28 @@ def base_at(base_pt: Path, base_head_file: Path):
 
     return whisper_at.load_model(str(base_pt), device="cpu", at_head=str(base_head_file))
 
+
+
+# --- a head trained here that knows speech (tests of the speech gate and segment evidence) ---
+
+
+@pytest.fixture(scope="session")
+def speech_head_file(cache_root: Path, tiny_en_pt: Path) -> Path:
+    """A TL-TR head for tiny.en that tells speech from tones, noise and music, trained by the
+    test run itself with whisper-at features + train on audio it makes (testkit.speech_head);
+    cached, rebuilt when its recipe or code changes (a few minutes)."""
+    return testkit.speech_head(cache_root, tiny_en_pt)
+
+
+@pytest.fixture(scope="session")
+def tiny_speech(tiny_en_pt: Path, speech_head_file: Path):
+    """Real tiny.en weights with the trained speech head."""
+    import whisper_at
+
+    return whisper_at.load_model(str(tiny_en_pt), device="cpu", at_head=str(speech_head_file))
+
+
+@pytest.fixture(scope="session")
+def gate_wav(audio_dir: Path):
+    """(path, parts): speech, 20 s tone, 29 s noise, speech (~93 s; testkit.gate_audio)."""
+    return testkit.gate_audio(audio_dir / "gate.wav")

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ["bench_overhead", "bench_fallback", "bench_tagging", "bench_scaling"]
+SCRIPTS = ["bench_overhead", "bench_fallback", "bench_tagging", "bench_scaling", "bench_gate"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_benchmark_quick(script, tiny_en_pt):
+def test_benchmark_quick(script, tiny_en_pt, request):
+    if script == "bench_gate":  # it uses the speech head the tests train (cached)
+        request.getfixturevalue("speech_head_file")
     # the scripts find tiny.en.pt (made by the tiny_en_pt fixture) in the shared test cache
     env = dict(os.environ, WHISPER_AT_TEST_CACHE=str(Path(tiny_en_pt).parent))
     cmd = [sys.executable, str(BENCHMARKS / f"{script}.py"), "--quick"]

@@ -7,7 +7,6 @@ used to train heads) and ESC-50-style (the primary sound and a fold; used by the
 """
 
 import csv
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Tuple
@@ -15,6 +14,7 @@ from typing import Dict, Tuple
 import numpy as np
 import pytest
 from conftest import LONG_SPEECH_SENTENCES, SAMPLE_RATE, _run, _sox_out, _speak
+from testkit import read_wav, write_wav
 
 from whisper_at.labels import class_ids, label_index
 from whisper_at.research.labelsets import read_labels
@@ -41,20 +41,6 @@ class SynthSet:
     labels: Dict[str, Tuple[int, ...]]  # clip id -> AudioSet class indices
     primary: Dict[str, int]  # clip id -> index into PRIMARY
     folds: Dict[str, int]
-
-
-def write_wav(path: Path, audio: np.ndarray):
-    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes(pcm.tobytes())
-
-
-def read_wav(path: Path) -> np.ndarray:
-    with wave.open(str(path)) as w:
-        return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768
 
 
 def _sources(work: Path) -> Dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.request
 import wave
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -114,61 +115,68 @@ def _tags(cell: str):
     return [(label, float(logit)) for label, logit in TAG.findall(cell)] if cell != "-" else []
 
 
-def test_browser_upload_transcribe_and_errors(server, bad_files, speech_wav, tmp_path):
+@contextmanager
+def _browser(tmp_path: Path):
+    """Headless Debian chromium driven by Playwright (its own browser download is not used)."""
     playwright = pytest.importorskip("playwright.sync_api")
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch_persistent_context(
             str(tmp_path / "profile"), executable_path=_chromium(p), args=CHROMIUM_ARGS,
             headless=True, viewport={"width": 1280, "height": 900})
         try:
-            page = browser.new_page()
-            page.set_default_timeout(60_000)
-            requests = []
-            page.on("request", lambda request: requests.append(request.url))
-            page.goto(server)
-            upload = page.locator("input[type=file]").first
-            submit = page.get_by_role("button", name="Transcribe")
-
-            submit.click()  # nothing uploaded or recorded
-            page.get_by_text("No audio: upload a file or record something first.").wait_for()
-            upload.set_input_files(str(bad_files / "notes.mp3"))
-            submit.click()
-            page.get_by_text("Cannot decode audio file notes.mp3").wait_for()
-
-            page.reload()  # a fresh page; the same server
-            upload.set_input_files(str(speech_wav))
-            submit.click()
-            transcript = page.get_by_label("Transcript")
-            page.wait_for_function(
-                "el => el.value.includes('garden')", arg=transcript.element_handle())
-            text = transcript.input_value().lower()
-            assert text.startswith("[00:00.000 -->")
-            assert all(word in text for word in ("favorite", "color", "green", "books"))
-
-            cell = page.locator("#tag-table [role=gridcell]")
-            cell.nth(2).wait_for()
-            cells = [text.strip() for text in cell.all_inner_texts()]
-            assert len(cells) == 3 and cells[:2] == ["00:00.000", "00:05.418"]
-            tags = _tags(cells[2])
-            assert tags and all(label in label_names("en") for label, _ in tags)
-            link = page.locator("a[download='speech.sdh.srt']")
-            link.wait_for()
-            sdh = page.request.get(link.get_attribute("href")).text()
-            assert "garden" in sdh and "-->" in sdh
-            timeline = page.locator("img[src*='speech.events.png']")
-            timeline.wait_for()
-            page.wait_for_function("img => img.complete && img.naturalWidth > 1000",
-                                   arg=timeline.element_handle())
-            outside = [u for u in requests if not u.startswith((server, f"blob:{server}"))]
-            assert not outside, f"the page loads from elsewhere: {outside}"
-            for close in page.locator(".toast-close").all():
-                close.click()
-            # the README's picture is refreshed on request; otherwise the shot goes to tmp
-            shot = REPO / "docs" / "serve.png" if os.environ.get("WHISPER_AT_SCREENSHOT") else None
-            page.screenshot(path=str(shot or tmp_path / "serve.png"), full_page=True)
-            assert (shot or tmp_path / "serve.png").stat().st_size > 20_000
+            yield browser
         finally:
             browser.close()
+
+
+def test_browser_upload_transcribe_and_errors(server, bad_files, speech_wav, tmp_path):
+    with _browser(tmp_path) as browser:
+        page = browser.new_page()
+        page.set_default_timeout(60_000)
+        requests = []
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto(server)
+        upload = page.locator("input[type=file]").first
+        submit = page.get_by_role("button", name="Transcribe")
+
+        submit.click()  # nothing uploaded or recorded
+        page.get_by_text("No audio: upload a file or record something first.").wait_for()
+        upload.set_input_files(str(bad_files / "notes.mp3"))
+        submit.click()
+        page.get_by_text("Cannot decode audio file notes.mp3").wait_for()
+
+        page.reload()  # a fresh page; the same server
+        upload.set_input_files(str(speech_wav))
+        submit.click()
+        transcript = page.get_by_label("Transcript")
+        page.wait_for_function(
+            "el => el.value.includes('garden')", arg=transcript.element_handle())
+        text = transcript.input_value().lower()
+        assert text.startswith("[00:00.000 -->")
+        assert all(word in text for word in ("favorite", "color", "green", "books"))
+
+        cell = page.locator("#tag-table [role=gridcell]")
+        cell.nth(2).wait_for()
+        cells = [text.strip() for text in cell.all_inner_texts()]
+        assert len(cells) == 3 and cells[:2] == ["00:00.000", "00:05.418"]
+        tags = _tags(cells[2])
+        assert tags and all(label in label_names("en") for label, _ in tags)
+        link = page.locator("a[download='speech.sdh.srt']")
+        link.wait_for()
+        sdh = page.request.get(link.get_attribute("href")).text()
+        assert "garden" in sdh and "-->" in sdh
+        timeline = page.locator("img[src*='speech.events.png']")
+        timeline.wait_for()
+        page.wait_for_function("img => img.complete && img.naturalWidth > 1000",
+                               arg=timeline.element_handle())
+        outside = [u for u in requests if not u.startswith((server, f"blob:{server}"))]
+        assert not outside, f"the page loads from elsewhere: {outside}"
+        for close in page.locator(".toast-close").all():
+            close.click()
+        # the README's picture is refreshed on request; otherwise the shot goes to tmp
+        shot = REPO / "docs" / "serve.png" if os.environ.get("WHISPER_AT_SCREENSHOT") else None
+        page.screenshot(path=str(shot or tmp_path / "serve.png"), full_page=True)
+        assert (shot or tmp_path / "serve.png").stat().st_size > 20_000
 
 
 def test_api_transcribe_tags_and_downloads(client, speech_wav, speech_text):
@@ -261,3 +269,35 @@ def test_handler_english_only_model_without_head(tiny_en_pt, speech_wav, tmp_pat
     assert "English" in info and "garden" in text.lower()
     assert plot is None and table == []
     assert sorted(Path(f).name for f in files) == ["speech.srt", "speech.txt", "speech.vtt"]
+
+
+def test_browser_speech_gate_checkbox(server, speech_wav, tmp_path):
+    """The "Speech gate" checkbox reaches transcribe: the info line reports the gate."""
+    with _browser(tmp_path) as browser:
+        page = browser.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(server)
+        page.locator("input[type=file]").first.set_input_files(str(speech_wav))
+        page.get_by_text("Speech gate", exact=True).click()  # open the accordion
+        page.get_by_label("Skip non-speech (speech gate)").check()
+        page.get_by_role("button", name="Transcribe").click()
+        page.get_by_text("speech gate 0.5: skipped").wait_for()
+
+
+def test_handler_speech_gate_skips_the_non_speech(tiny_en_pt, speech_head_file, gate_wav,
+                                                  speech_wav, tmp_path):
+    """In process, with the speech head trained by the tests: the gate skips the tone and
+    noise of the gate audio, and the transcript keeps the speech."""
+    from whisper_at.serve import ModelCache, make_handler
+
+    path, parts = gate_wav
+    cache = ModelCache({str(tiny_en_pt): str(speech_head_file)}, "cpu", None)
+    run = make_handler(cache, 0, str(tmp_path))
+    off = run(str(speech_wav), str(tiny_en_pt), "transcribe", "en", 10, 5, -1, "follow_asr")
+    on = run(str(path), str(tiny_en_pt), "transcribe", "en", 10, 5, -1, "follow_asr", True, 0.5)
+    assert "speech gate" not in off[0] and "garden" in off[1]
+    assert "speech gate 0.5: skipped 40.0 s in 1 stretch(es), dropped 0 segment(s)" in on[0]
+    starts = [line[1:10] for line in on[1].splitlines()]
+    assert starts and all(s < "00:22.600" or s >= "01:10.000" for s in starts), on[1]
+    assert "library" in on[1].lower() and "stella" in on[1].lower()
+    assert len(on[3]) == 10  # the tag table still has every row, skipped ones too

@@ -156,6 +156,27 @@ def add_tagging_options(parser: argparse.ArgumentParser, language: str = "follow
     return group
 
 
+def probability(value: str) -> float:
+    """``--at_speech_gate``: a speech probability in [0, 1]."""
+    from .gate import check_threshold
+
+    try:
+        return check_threshold(float(value))
+    except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(str(e).replace("at_speech_gate ", "")) from None
+
+
+def add_gate_options(parser: argparse.ArgumentParser):
+    """``--at_speech_gate`` and ``--at_segment_info`` (transcription only; docs/gate.md)."""
+    group = parser.add_argument_group("speech gate and segment evidence (Whisper-AT)")
+    group.add_argument("--at_speech_gate", type=probability, default=None, metavar="P",
+                       help="skip stretches whose speech probability (from the tags) is below P "
+                            "before decoding them, and drop segments inside them")
+    group.add_argument("--at_segment_info", action="store_true",
+                       help="add each segment's speech probability, sound events and "
+                            "hallucination flag to the json output")
+
+
 def tag_options(args: dict) -> TagOptions:
     """Pop the label options out of parsed arguments."""
     return TagOptions(
@@ -183,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     output_format = actions["output_format"]
     output_format.choices = list(output_format.choices) + list(AT_FORMATS)
     add_tagging_options(parser, captions=True)
+    add_gate_options(parser)
     return parser
 
 
@@ -317,6 +339,10 @@ def transcribe_files(parser: argparse.ArgumentParser, args: dict) -> int:
     if not model.has_at_head and output_format in outputs.AT_FORMATS:
         error(f"--output_format {output_format} needs an audio-tagging head: pass --at_head PATH")
         return 2
+    for option in ("at_speech_gate", "at_segment_info"):
+        if not model.has_at_head and args[option] not in (None, False):
+            error(f"--{option} needs an audio-tagging head: pass --at_head PATH")
+            return 2
 
     from .audio_io import load_audio
     from .transcribe import transcribe

@@ -7,6 +7,7 @@ temperature fallback and word timestamps, which openai-whisper would each re-enc
 """
 
 import threading
+import weakref
 from contextlib import contextmanager
 from typing import Callable, List, Optional, Tuple, Union
 
@@ -30,6 +31,8 @@ def _pool(x: Tensor) -> Tensor:
 
 
 _TLS = threading.local()
+_LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> its RLock
+_LOCKS_GUARD = threading.Lock()
 
 
 def _tap_hook(module, inputs, output):
@@ -77,10 +80,11 @@ class _WindowCache:
 
 
 class _Session:
-    def __init__(self, on_window: Callable[[Tensor, Tensor], None]):
+    def __init__(self, on_window: Callable[[Tensor, Tensor], None], gate=None):
         self.thread = threading.get_ident()
         self.cache = _WindowCache()
         self.on_window = on_window
+        self.gate = gate
 
 
 class WhisperAT(Whisper):
@@ -118,6 +122,17 @@ class WhisperAT(Whisper):
         return self.encoder.positional_embedding.device
 
     @property
+    def at_lock(self) -> threading.RLock:
+        """Held by ``transcribe`` while it runs (and by ``embed_audio_with_layers``): one
+        transcription at a time per model, as openai-whisper's decoder keeps its kv-cache hooks
+        on the model. Kept outside the module, so models still pickle and deep-copy."""
+        with _LOCKS_GUARD:
+            lock = _LOCKS.get(self)
+            if lock is None:
+                lock = _LOCKS[self] = threading.RLock()
+            return lock
+
+    @property
     def has_at_head(self) -> bool:
         return getattr(self, "at_model", None) is not None
 
@@ -134,7 +149,8 @@ class WhisperAT(Whisper):
             mel = mel.unsqueeze(0)
         _TLS.layers = []
         try:
-            with torch.no_grad(), self._short_windows(mel.shape[-1]):
+            # the lock: no other thread encodes while the positional embedding is sliced
+            with torch.no_grad(), self.at_lock, self._short_windows(mel.shape[-1]):
                 features = self.encoder(mel)
             pooled = torch.stack(_TLS.layers, dim=1)
         finally:
@@ -196,10 +212,16 @@ class WhisperAT(Whisper):
     def decode(
         self, mel: Tensor, options: DecodingOptions = DecodingOptions(), **kwargs
     ) -> Union[DecodingResult, List[DecodingResult]]:
-        if self._session() is not None and self._is_mel(mel):
+        session = self._session()
+        if session is not None and self._is_mel(mel):
             if options.fp16:
                 mel = mel.half()
-            mel = self._encode(mel, record=True)
+            features = self._encode(mel, record=True)
+            if session.gate is not None and mel.ndim == 2:  # the speech gate (gate.py)
+                skipped = session.gate(mel, features, options)
+                if skipped is not None:
+                    return skipped
+            mel = features
         return decode_function(self, mel, options, **kwargs)
 
     def detect_language(self, mel: Tensor, tokenizer=None):
@@ -209,12 +231,14 @@ class WhisperAT(Whisper):
 
     # --- tagging ------------------------------------------------------------------------------
 
-    def open_session(self, on_window: Callable[[Tensor, Tensor], None]):
+    def open_session(self, on_window: Callable[[Tensor, Tensor], None], gate=None):
         """Start caching encoder windows in this thread; ``on_window(mel, pooled)`` sees each
-        window that ``decode`` encodes, once ([n_mels, 3000] and [n_layer, 75, d])."""
+        window that ``decode`` encodes, once ([n_mels, 3000] and [n_layer, 75, d]).
+        ``gate(mel, features, options)``, if given, runs before each window is decoded; a
+        DecodingResult it returns is returned instead of decoding."""
         if self._session() is not None:
             raise RuntimeError("a transcription is already running on this model in this thread")
-        self._at_session = _Session(on_window)
+        self._at_session = _Session(on_window, gate)
         return self._at_session
 
     def close_session(self):

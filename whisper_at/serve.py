@@ -128,6 +128,17 @@ def tag_table(result: dict, duration: float, options: TagOptions) -> List[List[s
     ]
 
 
+def gate_summary(result: dict) -> str:
+    """What the speech gate did, for the info line ("" without a gate)."""
+    report = result.get("at_gate")
+    if report is None:
+        return ""
+    skipped = sum(end - start for start, end in report["skipped"])
+    return (f"; speech gate {report['threshold']:g}: skipped {skipped:.1f} s in "
+            f"{len(report['skipped'])} stretch(es), dropped {len(report['dropped_segments'])} "
+            "segment(s)")
+
+
 def _prune(root: str, max_age: float = KEEP_OUTPUTS):
     """Remove the output directories of requests older than max_age seconds."""
     for entry in os.scandir(root):
@@ -145,7 +156,7 @@ def make_handler(cache: ModelCache, max_duration: float, output_root: str):
     from .transcribe import transcribe
 
     def run(audio, model, task, language, at_time_res, top_k, threshold, label_language,
-            progress=gr.Progress(track_tqdm=True)):
+            speech_gate=False, gate_threshold=0.5, progress=gr.Progress(track_tqdm=True)):
         progress(0, desc="decoding audio")
         samples, duration = read_audio(audio, max_duration)
         progress(0, desc=f"loading {model_label(model)}")
@@ -163,12 +174,17 @@ def make_handler(cache: ModelCache, max_duration: float, output_root: str):
                        f"{at_time_res:g} s may be less accurate.")
         options = TagOptions(top_k=int(top_k), threshold=float(threshold),
                              language=label_language)
+        gate = {}
+        if speech_gate and loaded.has_at_head:
+            gate = {"at_speech_gate": float(gate_threshold)}
+        elif speech_gate:
+            gr.Warning(f"{model_label(model)} has no audio-tagging head: no speech gate.")
         progress(0, desc=f"transcribing with {model_label(model)}")
         try:
             with lock:
                 result = transcribe(loaded, samples, at_time_res=at_time_res, task=task,
                                     language=language, verbose=False,
-                                    fp16=loaded.device.type == "cuda")
+                                    fp16=loaded.device.type == "cuda", **gate)
         except Exception as e:
             raise gr.Error(f"transcription failed: {_one_line(e)}") from e
         progress(1, desc="writing outputs")
@@ -183,7 +199,7 @@ def make_handler(cache: ModelCache, max_duration: float, output_root: str):
             gr.Warning(f"{model_label(model)} has no audio-tagging head: transcript only.")
         info = (f"**{name}**: {duration:.1f} s, language "
                 f"{LANGUAGES.get(result['language'], result['language']).title()}, model "
-                f"{model_label(model)}")
+                f"{model_label(model)}{gate_summary(result)}")
         return (info, transcript_text(result), plot if plot in written else None,
                 tag_table(result, duration, options), files)
 
@@ -233,6 +249,11 @@ def build_demo(
                     threshold = gr.Number(-1, label="Logit threshold (-1: p > 0.27)")
                     label_language = gr.Dropdown(label_languages, value="follow_asr",
                                                  label="Label language")
+                with gr.Accordion("Speech gate", open=False):
+                    speech_gate = gr.Checkbox(False, label="Skip non-speech (speech gate)",
+                                              elem_id="speech-gate")
+                    gate_threshold = gr.Slider(0, 1, value=0.5, step=0.05,
+                                               label="Speech probability threshold")
                 submit = gr.Button("Transcribe", variant="primary")
             with gr.Column(scale=2):
                 info = gr.Markdown()
@@ -245,7 +266,8 @@ def build_demo(
         plot = gr.Image(label="Sound-event timeline", type="filepath", interactive=False)
         submit.click(
             make_handler(cache, max_duration, output_root),
-            [audio, model_box, task, language, time_res, top_k, threshold, label_language],
+            [audio, model_box, task, language, time_res, top_k, threshold, label_language,
+             speech_gate, gate_threshold],
             [info, transcript, plot, table, files],
             api_name="transcribe",
             concurrency_limit=len(choices),  # the models' own locks allow one request each

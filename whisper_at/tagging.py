@@ -97,6 +97,20 @@ class ChunkTagger:
         for k in rows:
             self.pending.pop(k, None)
 
+    def peek(self, rows: range) -> Tensor:
+        """Logits of ``rows`` as they stand: tagged rows' own; a row no window added so far
+        contains whole is tagged from the one that overlaps it most (what ``finish`` does unless
+        a later window holds it better), without marking it done; untouched rows are NaN."""
+        logits = self.logits[rows.start : rows.stop].clone()
+        partial = [k for k in rows if not self.done[k] and k in self.pending]
+        if partial and self.head is not None:
+            with torch.no_grad():
+                chunks = torch.stack([self.pending[k][1] for k in partial])
+                logits[[k - rows.start for k in partial]] = self.head.forward_chunks(
+                    chunks
+                ).float().cpu()
+        return logits
+
     def finish(self) -> Tensor:
         """Tag the rows no window contained whole; returns ``audio_tag`` [n_rows, 527]."""
         rows = sorted(self.pending)

@@ -12,12 +12,14 @@ log-mel is made by :func:`whisper_at.mel.log_mel_spectrogram`: the same values, 
 import importlib
 import types
 import warnings
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 from torch import Tensor
 from whisper.audio import N_FRAMES
+from whisper.tokenizer import get_tokenizer
 
+from . import gate
 from .audio_io import as_audio
 from .mel import log_mel_spectrogram
 from .tagging import TRAINED_TIME_RES, ChunkTagger, check_at_time_res
@@ -72,11 +74,11 @@ class _WindowLocator:
         raise LookupError("decoded window not found in the log-mel spectrogram")
 
 
-def _rebound_transcribe(locator: _WindowLocator):
+def _rebound_transcribe(locator: _WindowLocator, **names):
     fn = importlib.import_module("whisper.transcribe").transcribe
     if "log_mel_spectrogram" not in fn.__globals__:  # pragma: no cover - upstream changed
         raise RuntimeError("unsupported openai-whisper version: transcribe() has no log-mel seam")
-    scope = dict(fn.__globals__, log_mel_spectrogram=locator.capture)
+    scope = dict(fn.__globals__, log_mel_spectrogram=locator.capture, **names)
     bound = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__)
     bound.__kwdefaults__ = fn.__kwdefaults__
     return bound
@@ -88,6 +90,8 @@ def transcribe(
     *,
     at_time_res: float = TRAINED_TIME_RES,
     return_audio_features: bool = False,
+    at_speech_gate: Optional[float] = None,
+    at_segment_info: bool = False,
     **transcribe_options,
 ) -> dict:
     """Transcribe with openai-whisper and tag sound events in the same encoder passes.
@@ -97,6 +101,11 @@ def transcribe(
     AudioSet logits; row k covers [k * at_time_res, (k + 1) * at_time_res) s) and ``at_time_res``.
     ``return_audio_features=True`` adds ``audio_features_for_at`` [n_windows, n_layer, 75, d], the
     pooled layer features of every decoded window.
+
+    ``at_speech_gate=P`` (0..1) skips the stretches whose tag rows' speech probability is below
+    P before decoding them and drops segments lying wholly inside such rows (``at_gate`` reports
+    what); ``at_segment_info=True`` adds each segment's speech probability, sound events and a
+    hallucination flag. Both need a head; see docs/gate.md.
     """
     if not callable(getattr(model, "open_session", None)):  # a WhisperAT
         raise TypeError(
@@ -104,9 +113,14 @@ def transcribe(
             f"got {type(model).__name__}"
         )
     at_time_res = check_at_time_res(at_time_res)
+    head = model.at_model if model.has_at_head else None
+    if at_speech_gate is not None:
+        at_speech_gate = gate.check_threshold(at_speech_gate)
+        gate.check_head(head)
+    if at_segment_info:
+        gate.check_head(head, "at_segment_info")
     audio = as_audio(audio)
     locator = _WindowLocator()
-    head = model.at_model if model.has_at_head else None
     taggers = []
 
     def new_tagger() -> ChunkTagger:
@@ -124,16 +138,42 @@ def transcribe(
             return
         taggers[0].add_window(seek, pooled, valid)
 
-    model.open_session(on_window)
-    try:
-        result = _rebound_transcribe(locator)(model, audio, **transcribe_options)
-    finally:
-        model.close_session()
+    window_gate, names = None, {}
+    if at_speech_gate is not None:
+        tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages)
+        window_gate = gate.WindowGate(at_speech_gate, tokenizer.timestamp_begin,
+                                      transcribe_options)
+        names["make_safe"] = window_gate.make_safe
+
+    def gate_window(segment: Tensor, features: Tensor, options):
+        try:
+            seek, valid = locator.locate(segment)
+        except LookupError:
+            return None  # not located, so not tagged: decode it
+        if not taggers:
+            return None
+        window_gate.decide(taggers[0], seek, valid)
+        return window_gate.result(seek, options, features)
+
+    with model.at_lock:  # one transcription at a time per model (see WhisperAT.at_lock)
+        model.open_session(on_window, gate_window if window_gate else None)
+        try:
+            result = _rebound_transcribe(locator, **names)(model, audio, **transcribe_options)
+        finally:
+            model.close_session()
 
     tagger = taggers[0] if taggers else new_tagger()
     if model.has_at_head:
         result["audio_tag"] = tagger.finish()
         result["at_time_res"] = at_time_res
+        res_frames = tagger.res_frames
+        if window_gate is not None:
+            tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages,
+                                      language=result["language"])
+            window_gate.finish(result, result["audio_tag"], res_frames, tokenizer)
+        if at_segment_info:
+            threshold = gate.DEFAULT_FLAG_THRESHOLD if at_speech_gate is None else at_speech_gate
+            gate.add_segment_info(result["segments"], result["audio_tag"], res_frames, threshold)
     if return_audio_features:
         result["audio_features_for_at"] = tagger.audio_features()
     return result

@@ -5,10 +5,9 @@ from typing import Dict, List, NamedTuple, Sequence, Tuple
 
 import torch
 
+from ..gate import SPEECH_NAMES
 from ..labels import NUM_CLASSES, label_index, label_names, parse_at_label
 
-SPEECH_NAMES = ("Speech", "Speech synthesizer")  # and every class between them
-SINGING_NAMES = ("Singing", "Rapping")  # lyrics: the cue text is shown as ♪ text ♪
 MUSIC_NAMES = ("Music", "Scary music")  # instruments, genres and moods: one [Music] caption
 
 

@@ -6,8 +6,9 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 from whisper.utils import SubtitlesWriter, format_timestamp
 
+from ..gate import SINGING_NAMES, SPEECH_NAMES
 from ..labels import NUM_CLASSES, label_index, label_names
-from .events import MUSIC_NAMES, SINGING_NAMES, SPEECH_NAMES, TagOptions, span
+from .events import MUSIC_NAMES, TagOptions, span
 
 MAX_EVENT_LINES = 2  # sound captions per cue, strongest first
 MIN_EVENT_CUE = 1.0  # seconds: shorter gaps between speech cues get no sound-only cue
