@@ -40,10 +40,13 @@ class _ChainReader:
             if n:
                 filled += n
                 continue
-            self.file.close()
-            self.index += 1
-            self.file = open(self.paths[self.index], "rb") if self.index < len(self.paths) else None
+            self._next_file()
         return filled
+
+    def _next_file(self) -> None:
+        self.file.close()
+        self.index += 1
+        self.file = open(self.paths[self.index], "rb") if self.index < len(self.paths) else None
 
     def skip(self, size: int) -> int:
         """Move ``size`` bytes forward without reading them; returns the bytes skipped."""
@@ -55,9 +58,7 @@ class _ChainReader:
                 self.file.seek(step, os.SEEK_CUR)
                 skipped += step
                 continue
-            self.file.close()
-            self.index += 1
-            self.file = open(self.paths[self.index], "rb") if self.index < len(self.paths) else None
+            self._next_file()
         return skipped
 
     def read_exact(self, size: int) -> bytes:
