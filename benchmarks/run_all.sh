@@ -16,3 +16,4 @@ run overhead bench_overhead.py
 run overhead_en bench_overhead.py --language en --models base
 run fallback bench_fallback.py
 run scaling_transcribe bench_scaling.py --minutes 1 5 --transcribe --repeats 1
+run faster bench_faster.py
