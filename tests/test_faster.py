@@ -381,8 +381,8 @@ def test_documented_example_runs(tiny_dir, tiny_head_file):
 
 
 def test_ct2_encoder_reads_only_the_encoder(ct2_base_dir, base_pt):
-    from whisper_at.convert import ct2_encoder
-    from whisper_at.ct2 import read_ct2_model
+    from whisper_at.formats.convert import ct2_encoder
+    from whisper_at.formats.ct2 import read_ct2_model
 
     dims, state = ct2_encoder(ct2_base_dir)  # split parts: skipped reads cross the boundary
     full = torch.load(base_pt, map_location="cpu", weights_only=True)

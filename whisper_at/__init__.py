@@ -153,7 +153,7 @@ def _load_head_state(name, at_low_compute: bool, at_head, download_root: str):
     return None
 
 
-def _head_from_state(state, n_layer: int, n_state: int, at_low_compute: bool) -> Optional[TLTR]:
+def _head_from_state(state, n_layer: int, n_state: int, at_low_compute: bool) -> _t.Optional[TLTR]:
     """The TL-TR head of a state dict from ``_load_head_state`` (None: no head)."""
     if state is None:
         return None

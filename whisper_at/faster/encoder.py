@@ -1,9 +1,9 @@
 """The tapped torch encoder that serves a faster-whisper model.
 
 Its weights are the CTranslate2 model's own encoder weights, converted in memory by
-:func:`whisper_at.convert.ct2_encoder` (the decoder is not read). It runs in float32 on CPU and
-float16 on CUDA whatever FW's ``compute_type``: CTranslate2's int8 kernels have no torch twin,
-and the TL-TR heads were trained on float encoder features.
+:func:`whisper_at.formats.convert.ct2_encoder` (the decoder is not read). It runs in float32 on
+CPU and float16 on CUDA whatever FW's ``compute_type``: CTranslate2's int8 kernels have no torch
+twin, and the TL-TR heads were trained on float encoder features.
 """
 
 from typing import Tuple
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from whisper.model import AudioEncoder
 
-from ..convert import ct2_encoder
+from ..formats.convert import ct2_encoder
 from ..model import embed_with_layers, tap_encoder
 
 # activation type of a CTranslate2 compute type ("int8_float16" -> float16; "int8" -> float32)

@@ -22,7 +22,8 @@ from typing import Optional
 import faster_whisper
 from faster_whisper.utils import download_model
 
-from .. import _head_from_state, _load_head_state, weights
+from .. import _head_from_state, _load_head_state
+from ..formats import weights
 from .encoder import TorchEncoder, ct2_activation, torch_device
 from .session import active_session, run
 from .timeline import FeatureLocator
