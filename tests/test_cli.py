@@ -81,7 +81,9 @@ def test_options_and_defaults_are_upstreams(monkeypatch):
     assert added == {
         "--at_head": "None", "--at_low_compute": "False", "--at_time_res": "10",
         "--at_top_k": "5", "--at_threshold": "-1", "--at_language": "follow_asr",
-        "--at_speech_events": "False",
+        "--at_speech_events": "False", "--backend": "openai-whisper", "--compute_type": "default",
+        "--vad_filter": "False", "--batch_size": "None", "--at_encoder": "one_pass",
+        "--at_fill_gaps": "False",
     }
 
 

@@ -137,6 +137,40 @@ def add_tagging_options(parser: argparse.ArgumentParser, language: str = "follow
     return group
 
 
+BACKENDS = ("openai-whisper", "faster-whisper")
+
+
+def add_backend_options(parser: argparse.ArgumentParser):
+    """``--backend`` and the faster-whisper options (used only with ``--backend faster-whisper``;
+    see docs/faster.md)."""
+    from whisper.utils import str2bool
+
+    group = parser.add_argument_group("faster-whisper backend (pip install 'whisper-at[faster]')")
+    add = group.add_argument
+    add("--backend", choices=BACKENDS, default="openai-whisper",
+        help="ASR engine: openai-whisper, or faster-whisper (CTranslate2; --model: a "
+        "faster-whisper model name or CTranslate2 directory)")
+    add("--compute_type", default="default",
+        help="faster-whisper: CTranslate2 compute type (int8, float16, float32, ...)")
+    add("--vad_filter", type=str2bool, default=False,
+        help="faster-whisper: decode only the speech Silero VAD finds (tag rows elsewhere: NaN "
+        "unless --at_fill_gaps True)")
+    add("--batch_size", type=positive_int, default=None,
+        help="faster-whisper: use its batched pipeline with this many windows per batch")
+    add("--at_encoder", choices=("one_pass", "exact"), default="one_pass",
+        help="faster-whisper: one_pass (the tagging encoder feeds the decoder) or exact (FW's "
+        "own encoder for the text, identical to plain faster-whisper)")
+    add("--at_fill_gaps", type=str2bool, default=False,
+        help="faster-whisper: also tag the audio it did not decode (VAD gaps), extra passes")
+    return group
+
+
+def backend_options(args: dict) -> dict:
+    """Pop the backend options out of parsed arguments."""
+    names = ("backend", "compute_type", "vad_filter", "batch_size", "at_encoder", "at_fill_gaps")
+    return {name: args.pop(name) for name in names}
+
+
 def tag_options(args: dict) -> TagOptions:
     """Pop the label options out of parsed arguments."""
     return TagOptions(
@@ -162,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     output_format = actions["output_format"]
     output_format.choices = list(output_format.choices) + list(AT_FORMATS)
     add_tagging_options(parser)
+    add_backend_options(parser)
     return parser
 
 
@@ -277,6 +312,11 @@ def transcribe_files(parser: argparse.ArgumentParser, args: dict) -> int:
     output_format: str = args.pop("output_format")
     time_res = args.pop("at_time_res")
     options = tag_options(args)
+    backend = backend_options(args)
+    if backend["backend"] == "openai-whisper":
+        for name, value in backend.items():
+            if name != "backend" and value != parser.get_default(name):
+                parser.error(f"--{name} needs --backend faster-whisper")
 
     if (threads := args.pop("threads")) > 0:
         torch.set_num_threads(threads)
@@ -289,6 +329,9 @@ def transcribe_files(parser: argparse.ArgumentParser, args: dict) -> int:
     if problem:
         error(problem)
         return 2
+    if backend["backend"] == "faster-whisper":
+        return _faster_files(model_name, args, backend, threads, output_dir, output_format,
+                             writer_args, options, time_res)  # fmt: skip
     model = load_tagging_model(model_name, args)
     if model is None:
         return 2
@@ -320,3 +363,21 @@ def transcribe_files(parser: argparse.ArgumentParser, args: dict) -> int:
             error(describe_failure(audio_path, e))
             failed.append(audio_path)
     return report(done, failed)
+
+
+def _faster_files(model_name, args, backend, threads, *rest) -> int:
+    try:
+        from .faster import cli as faster_cli
+    except ImportError as e:
+        error(str(e))
+        return 2
+    head = {"at_head": args.pop("at_head"), "at_low_compute": args.pop("at_low_compute")}
+    backend = dict(backend, threads=threads, **head)
+    model = faster_cli.load(model_name, args, backend)
+    if model is None:
+        return 2
+    output_format = rest[1]
+    if not model.has_at_head and output_format in outputs.AT_FORMATS:
+        error(f"--output_format {output_format} needs an audio-tagging head: pass --at_head PATH")
+        return 2
+    return faster_cli.transcribe_files(model, args, backend, *rest)
