@@ -1,6 +1,7 @@
 """``whisper-at --backend faster-whisper``: the same output files from faster-whisper."""
 
 import json
+from pathlib import Path
 
 import pytest
 from whisper.audio import SAMPLE_RATE
@@ -66,8 +67,9 @@ def test_bad_backend_options_exit_2(tmp_path, capsys, speech_wav, extra, message
 
 def test_carry_initial_prompt_and_missing_head(tmp_path, capsys, fw_args, ct2_tiny_en_dir,
                                                speech_wav):  # fmt: skip
-    assert cli.main([str(speech_wav)] + fw_args + ["--carry_initial_prompt", "True",
-                                                   "-o", str(tmp_path)]) == 2  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([str(speech_wav)] + fw_args + ["--carry_initial_prompt", "True"])
+    assert exit_info.value.code == 2
     assert "--carry_initial_prompt is not supported" in capsys.readouterr().err
     argv = [str(speech_wav), "--backend", "faster-whisper", "--model", str(ct2_tiny_en_dir),
             "-f", "sdh", "-o", str(tmp_path)]  # fmt: skip
@@ -82,3 +84,40 @@ def test_clip_timestamps_for_the_batched_pipeline():
     assert batched_clips("0", 60.0) is None
     assert batched_clips("5,25,40", 60.0) == [{"start": 5.0, "end": 25.0},
                                                {"start": 40.0, "end": 60.0}]  # fmt: skip
+
+
+def _records(out):
+    lines = [json.loads(line) for path in sorted(out.glob("results-*.jsonl"))
+             for line in path.read_text().splitlines()]  # fmt: skip
+    return {Path(line["path"]).name: line for line in lines}
+
+
+@pytest.mark.parametrize("extra", [[], ["--batch_size", "2", "--vad_filter", "True"]],
+                         ids=["sequential", "batched-vad"])  # fmt: skip
+def test_batch_command_with_the_faster_whisper_backend(tmp_path, fw_args, speech_wav, tone_wav,
+                                                       extra):  # fmt: skip
+    from whisper_at.jobs import batch
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for wav in (speech_wav, tone_wav):
+        (inputs / wav.name).write_bytes(wav.read_bytes())
+    out = tmp_path / "out"
+    argv = [str(inputs), str(out)] + [a for a in fw_args if a != "--verbose" and a != "False"]
+    assert batch.main(argv + extra) == 0
+    records = _records(out)
+    assert set(records) == {"speech.wav", "tone.wav"}
+    speech = records["speech.wav"]
+    assert "favorite color" in speech["text"] and speech["language"] == "en"
+    assert len(speech["tags"]) == 1 and speech["tags"][0]["tags"]
+    assert records["tone.wav"]["duration"] == 5.0
+
+
+def test_batch_tag_task_refuses_the_backend(tmp_path, capsys, speech_wav):
+    from whisper_at.jobs import batch
+
+    with pytest.raises(SystemExit) as exit_info:
+        batch.main([str(speech_wav), str(tmp_path), "--task", "tag", "--backend",
+                    "faster-whisper"])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "--backend applies to transcribe" in capsys.readouterr().err

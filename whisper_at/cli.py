@@ -140,9 +140,9 @@ def add_tagging_options(parser: argparse.ArgumentParser, language: str = "follow
 BACKENDS = ("openai-whisper", "faster-whisper")
 
 
-def add_backend_options(parser: argparse.ArgumentParser):
+def add_backend_options(parser: argparse.ArgumentParser, batch_size: bool = True):
     """``--backend`` and the faster-whisper options (used only with ``--backend faster-whisper``;
-    see docs/faster.md)."""
+    see docs/faster.md); ``batch_size=False``: the parser has its own ``--batch_size``."""
     from whisper.utils import str2bool
 
     group = parser.add_argument_group("faster-whisper backend (pip install 'whisper-at[faster]')")
@@ -155,8 +155,9 @@ def add_backend_options(parser: argparse.ArgumentParser):
     add("--vad_filter", type=str2bool, default=False,
         help="faster-whisper: decode only the speech Silero VAD finds (tag rows elsewhere: NaN "
         "unless --at_fill_gaps True)")
-    add("--batch_size", type=positive_int, default=None,
-        help="faster-whisper: use its batched pipeline with this many windows per batch")
+    if batch_size:
+        add("--batch_size", type=positive_int, default=None,
+            help="faster-whisper: use its batched pipeline with this many windows per batch")
     add("--at_encoder", choices=("one_pass", "exact"), default="one_pass",
         help="faster-whisper: one_pass (the tagging encoder feeds the decoder) or exact (FW's "
         "own encoder for the text, identical to plain faster-whisper)")
@@ -165,10 +166,18 @@ def add_backend_options(parser: argparse.ArgumentParser):
     return group
 
 
-def backend_options(args: dict) -> dict:
-    """Pop the backend options out of parsed arguments."""
-    names = ("backend", "compute_type", "vad_filter", "batch_size", "at_encoder", "at_fill_gaps")
-    return {name: args.pop(name) for name in names}
+def backend_options(parser: argparse.ArgumentParser, args: dict, batch_size: bool = True) -> dict:
+    """Pop the backend options out of parsed arguments; faster-whisper options given with the
+    openai-whisper backend are a usage error."""
+    names = ["backend", "compute_type", "vad_filter", "at_encoder", "at_fill_gaps"]
+    backend = {name: args.pop(name) for name in names + ["batch_size"] * batch_size}
+    if backend["backend"] == "openai-whisper":
+        for name, value in backend.items():
+            if name != "backend" and value != parser.get_default(name):
+                parser.error(f"--{name} needs --backend faster-whisper")
+    elif args.get("carry_initial_prompt"):
+        parser.error("--carry_initial_prompt is not supported by faster-whisper")
+    return backend
 
 
 def tag_options(args: dict) -> TagOptions:
@@ -312,11 +321,7 @@ def transcribe_files(parser: argparse.ArgumentParser, args: dict) -> int:
     output_format: str = args.pop("output_format")
     time_res = args.pop("at_time_res")
     options = tag_options(args)
-    backend = backend_options(args)
-    if backend["backend"] == "openai-whisper":
-        for name, value in backend.items():
-            if name != "backend" and value != parser.get_default(name):
-                parser.error(f"--{name} needs --backend faster-whisper")
+    backend = backend_options(parser, args)
 
     if (threads := args.pop("threads")) > 0:
         torch.set_num_threads(threads)
@@ -373,8 +378,10 @@ def _faster_files(model_name, args, backend, threads, *rest) -> int:
         return 2
     head = {"at_head": args.pop("at_head"), "at_low_compute": args.pop("at_low_compute")}
     backend = dict(backend, threads=threads, **head)
-    model = faster_cli.load(model_name, args, backend)
-    if model is None:
+    try:
+        model = faster_cli.load_model(model_name, args["device"], args["model_dir"], backend)
+    except Exception as e:
+        error(f"cannot load model {model_name}: {' '.join(str(e).split()) or type(e).__name__}")
         return 2
     output_format = rest[1]
     if not model.has_at_head and output_format in outputs.AT_FORMATS:
