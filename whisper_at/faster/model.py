@@ -12,7 +12,7 @@ with it; :func:`enable_tagging` gives it to an FW model object built elsewhere (
   encoder pass gives the transcript and the tags. Text may differ from plain FW where FW's int8
   (or fp16) encoder rounds differently.
 - ``"exact"``: FW's own encoder for the transcript (identical to plain FW) plus the torch encoder
-  for the tags, on the windows FW decodes.
+  for the tags, on the windows FW decodes, in a worker thread while FW decodes.
 """
 
 import inspect

@@ -11,8 +11,10 @@ is handed, piece by piece of original audio, to a :class:`~whisper_at.tagging.Ch
 import threading
 import types
 import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Deque, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -21,6 +23,8 @@ from faster_whisper.audio import decode_audio, pad_or_trim
 from ..tagging import ChunkTagger, check_at_time_res
 from .results import TaggedTranscriptionInfo
 from .timeline import HOP_LENGTH, FeatureLocator, Timeline
+
+N_FRAMES = 3000  # mel frames of a window
 
 _ACTIVE = threading.local()
 
@@ -74,6 +78,9 @@ class Session:
         self.batch = None  # batched decoding: chunk metadata of the batch being encoded
         self.detecting = 0
         self.window: Optional[_Window] = None
+        self.deferred = model.at_encoder == "exact"  # tagging pass in a worker thread
+        self.worker: Optional[ThreadPoolExecutor] = None
+        self.pending: Deque[tuple] = deque()  # (pooled or its future, places), in order
         self.audio_tag = None
         self.finished = False
 
@@ -98,32 +105,47 @@ class Session:
         )
         window = self.window
         if window is None or not window.matches(features):
-            output, pooled = self.model._at_encode(features, pooled=record)
-            window = self.window = _Window(features, output, pooled)
-        elif record and window.pooled is None:
-            window.pooled = self.model._at_pool(features)
+            pooled = record and not self.deferred
+            window = self.window = _Window(features, *self.model._at_encode(features, pooled))
         if record and not window.recorded:
             window.recorded = True
-            self._record(features, window.pooled)
+            places = self._places(features)
+            if window.pooled is None:  # exact mode: the tagging pass runs beside FW's decoding
+                if self.worker is None:
+                    self.worker = ThreadPoolExecutor(1, thread_name_prefix="whisper-at-tags")
+                window.pooled = self.worker.submit(self.model._at_pool, window.mel)
+            self.pending.append((window.pooled, places))
+        self._apply(block=False)
         return window.output
 
-    def _record(self, features, pooled: torch.Tensor):
-        pooled = pooled if pooled.ndim == 4 else pooled.unsqueeze(0)
-        n_window = pooled.shape[2] * 40
+    def _places(self, features) -> List[Tuple[int, int, int]]:
+        """(batch element, filtered start sample, audio frames) of each window in features."""
         if self.batch is not None:  # BatchedInferencePipeline.forward: one chunk per element
             rate = self.model.feature_extractor.sampling_rate
-            for meta, layers in zip(self.batch, pooled):
-                n_audio = round(meta["duration"] * rate)
-                start = round(meta["offset"] * rate)
-                self._add(layers, start, min(n_window, n_audio // HOP_LENGTH))
-            return
+            return [(i, round(meta["offset"] * rate),
+                     min(N_FRAMES, round(meta["duration"] * rate) // HOP_LENGTH))
+                    for i, meta in enumerate(self.batch)]  # fmt: skip
         segment = features if features.ndim == 2 else features[0]
         try:
             seek, valid = self.locator.locate(segment)
         except LookupError as e:
             warnings.warn(f"audio tagging skipped one window: {e}", stacklevel=4)
-            return
-        self._add(pooled[0], seek * HOP_LENGTH, valid)
+            return []
+        return [(0, seek * HOP_LENGTH, valid)]
+
+    def _apply(self, block: bool):
+        """Hand the encoded windows to the tagger, in order (those whose pass has finished;
+        all of them with ``block``)."""
+        while self.pending:
+            pooled, places = self.pending[0]
+            if isinstance(pooled, Future):
+                if not (block or pooled.done()):
+                    return
+                pooled = pooled.result()
+            self.pending.popleft()
+            pooled = pooled if pooled.ndim == 4 else pooled.unsqueeze(0)
+            for index, start, valid in places:
+                self._add(pooled[index], start, valid)
 
     def _add(self, layers: torch.Tensor, start: int, valid: int):
         """A window whose frame 0 is filtered sample ``start``, ``valid`` frames of audio."""
@@ -141,6 +163,9 @@ class Session:
         if self.finished:
             return
         if self.tagger is not None:
+            self._apply(block=True)
+            if self.worker is not None:
+                self.worker.shutdown()
             if self.audio is not None:
                 self._fill_gaps()
             self.audio_tag = self.tagger.finish()
