@@ -5,13 +5,16 @@ CPU, int8 CTranslate2 models (the test suite's tiny.en and multilingual base), >
 order in one process (medians; the first round warms up): FW alone; FW + tags in one pass (the
 torch encoder feeds FW's decoder) and exact (FW's encoder for the text + the torch encoder for
 the tags); the batched pipeline with and without tags; whisper_at.transcribe; openai-whisper.
-Peak RSS: one cold run per fresh process. The one-pass text is compared with FW's (word error
+CPU seconds (user + system of the process) beside wall time: on a shared machine torch's
+threads suffer more from other load than CTranslate2's. Peak RSS: one cold run per fresh
+process. The one-pass text is compared with FW's (word error
 rate, jiwer); the exact text must be FW's.
 Targets: one pass <= 1.10x FW alone; one pass >= 4x faster than whisper_at.transcribe on tiny
 (greedy); exact <= 1.35x FW alone.
 """
 
 import argparse
+import os
 from pathlib import Path
 
 import common
@@ -90,16 +93,19 @@ def measure(model: str, audio_path: Path, args) -> dict:
 
     audio = common.load_wav(audio_path)
     runs = {kind: runner(kind, model, args) for kind in VARIANTS}
-    texts = {}
+    texts, cpu = {}, {kind: [] for kind in VARIANTS}
 
     def keep(kind):
         def go():
+            start = sum(os.times()[:2])
             texts.setdefault(kind, runs[kind](audio))
+            cpu[kind].append(sum(os.times()[:2]) - start)
 
         return go
 
     times = common.alternate({kind: keep(kind) for kind in VARIANTS}, args.repeats + 1)
     times = {kind: value[1:] for kind, value in times.items()}  # the first round warms up
+    load = os.getloadavg()[0]
     rss = {}
     child_args = ["--model", model, "--audio", str(audio_path), "--beam_size",
                   str(args.beam_size), "--batch_size", str(args.batch_size), "--cpu_threads",
@@ -108,6 +114,8 @@ def measure(model: str, audio_path: Path, args) -> dict:
         rss[kind] = common.run_child(Path(__file__), ["--child", kind, *child_args])["peak"]
     return {
         "wall": {kind: common.median(value) for kind, value in times.items()},
+        "cpu": {kind: common.median(value[1:]) for kind, value in cpu.items()},
+        "load": load,
         "paired": {
             kind: common.paired_ratio(times[kind], times["fw"]) for kind in VARIANTS
         },
@@ -135,9 +143,11 @@ def main():
         seconds = common.wav_seconds(audio_path)
         res = measure(model, audio_path, args)
         wall, paired = res["wall"], res["paired"]
+        cpu = res["cpu"]
         for kind in VARIANTS:
             rows.append([model, f"{seconds:.0f}", kind, wall[kind], wall[kind] / wall["fw"],
-                         paired[kind]])  # fmt: skip
+                         paired[kind], cpu[kind], cpu[kind] / cpu["fw"],
+                         f"{res['load']:.1f}"])  # fmt: skip
         for kind, peak in res["rss"].items():
             rss_rows.append([model, kind, peak, peak / res["rss"]["fw"]])
         one = wall["one_pass"] / wall["fw"]
@@ -157,7 +167,8 @@ def main():
             + f", one-pass WER vs FW {res['wer_one_pass']:.3f}"
         )
     print("\n## wall time (medians; ratio to FW alone)\n")
-    print(common.table(["model", "seconds", "variant", "wall s", "ratio", "paired ratio"], rows))
+    print(common.table(["model", "seconds", "variant", "wall s", "ratio", "paired ratio",
+                        "cpu s", "cpu ratio", "load after"], rows))  # fmt: skip
     print("\n## peak RSS, one cold run per fresh process (MiB)\n")
     print(common.table(["model", "variant", "peak MiB", "ratio to fw"], rss_rows))
     print(
