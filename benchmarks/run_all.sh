@@ -17,3 +17,4 @@ run overhead_en bench_overhead.py --language en --models base
 run fallback bench_fallback.py
 run scaling_transcribe bench_scaling.py --minutes 1 5 --transcribe --repeats 1
 run gate bench_gate.py --thresholds 0.3 0.5 0.7
+run faster bench_faster.py

@@ -62,6 +62,13 @@ def ct2_base_dir(cache_root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def fw_base_dir(cache_root: Path, ct2_base_dir: Path) -> Path:
+    """Multilingual base as faster-whisper loads it: the parts joined into model.bin."""
+    with _weights_failures():
+        return testkit.fw_dir(cache_root, "base")
+
+
+@pytest.fixture(scope="session")
 def tiny_en_pt(cache_root: Path, ct2_tiny_en_dir: Path) -> Path:
     """OpenAI-format checkpoint of tiny.en (fp16, with "alignment_heads")."""
     return testkit.converted(cache_root, "tiny.en")

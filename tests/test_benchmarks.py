@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ["bench_overhead", "bench_fallback", "bench_tagging", "bench_scaling", "bench_gate"]
+SCRIPTS = ["bench_overhead", "bench_fallback", "bench_tagging", "bench_scaling", "bench_gate",
+           "bench_faster"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

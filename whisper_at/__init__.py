@@ -153,6 +153,16 @@ def _load_head_state(name, at_low_compute: bool, at_head, download_root: str, mi
     return None
 
 
+def _head_from_state(state, n_layer: int, n_state: int, at_low_compute: bool) -> _t.Optional[TLTR]:
+    """The TL-TR head of a state dict from ``_load_head_state`` (None: no head)."""
+    if state is None:
+        return None
+    head = load_head(state, n_layer, n_state)
+    if at_low_compute and not head.low_compute:
+        raise ValueError("at_low_compute=True, but at_head is a TL-TR head, not TL-TR-512")
+    return head
+
+
 def load_model(
     name: str,
     device: _t.Optional[_t.Union[str, _torch.device]] = None,
@@ -186,11 +196,8 @@ def load_model(
         )
     state = _load_head_state(name, at_low_compute, at_head, download_root, at_head_mirror)
     model = _load_backbone(name, device, download_root, in_memory)
-    head = None
-    if state is not None:
-        head = load_head(state, model.dims.n_audio_layer, model.dims.n_audio_state)
-        if at_low_compute and not head.low_compute:
-            raise ValueError("at_low_compute=True, but at_head is a TL-TR head, not TL-TR-512")
+    head = _head_from_state(state, model.dims.n_audio_layer, model.dims.n_audio_state,
+                            at_low_compute)  # fmt: skip
     return WhisperAT.from_whisper(model, head)
 
 

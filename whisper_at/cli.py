@@ -177,6 +177,49 @@ def add_gate_options(parser: argparse.ArgumentParser):
                             "hallucination flag to the json output")
 
 
+BACKENDS = ("openai-whisper", "faster-whisper")
+
+
+def add_backend_options(parser: argparse.ArgumentParser, batch_size: bool = True):
+    """``--backend`` and the faster-whisper options (used only with ``--backend faster-whisper``;
+    see docs/faster.md); ``batch_size=False``: the parser has its own ``--batch_size``."""
+    from whisper.utils import str2bool
+
+    group = parser.add_argument_group("faster-whisper backend (pip install 'whisper-at[faster]')")
+    add = group.add_argument
+    add("--backend", choices=BACKENDS, default="openai-whisper",
+        help="ASR engine: openai-whisper, or faster-whisper (CTranslate2; --model: a "
+        "faster-whisper model name or CTranslate2 directory)")
+    add("--compute_type", default="default",
+        help="faster-whisper: CTranslate2 compute type (int8, float16, float32, ...)")
+    add("--vad_filter", type=str2bool, default=False,
+        help="faster-whisper: decode only the speech Silero VAD finds (tag rows elsewhere: NaN "
+        "unless --at_fill_gaps True)")
+    if batch_size:
+        add("--batch_size", type=positive_int, default=None,
+            help="faster-whisper: use its batched pipeline with this many windows per batch")
+    add("--at_encoder", choices=("one_pass", "exact"), default="one_pass",
+        help="faster-whisper: one_pass (the tagging encoder feeds the decoder) or exact (FW's "
+        "own encoder for the text, identical to plain faster-whisper)")
+    add("--at_fill_gaps", type=str2bool, default=False,
+        help="faster-whisper: also tag the audio it did not decode (VAD gaps), extra passes")
+    return group
+
+
+def backend_options(parser: argparse.ArgumentParser, args: dict, batch_size: bool = True) -> dict:
+    """Pop the backend options out of parsed arguments; faster-whisper options given with the
+    openai-whisper backend are a usage error."""
+    names = ["backend", "compute_type", "vad_filter", "at_encoder", "at_fill_gaps"]
+    backend = {name: args.pop(name) for name in names + ["batch_size"] * batch_size}
+    if backend["backend"] == "openai-whisper":
+        for name, value in backend.items():
+            if name != "backend" and value != parser.get_default(name):
+                parser.error(f"--{name} needs --backend faster-whisper")
+    elif args.get("carry_initial_prompt"):
+        parser.error("--carry_initial_prompt is not supported by faster-whisper")
+    return backend
+
+
 def tag_options(args: dict) -> TagOptions:
     """Pop the label options out of parsed arguments."""
     return TagOptions(
@@ -205,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     output_format.choices = list(output_format.choices) + list(AT_FORMATS)
     add_tagging_options(parser, captions=True)
     add_gate_options(parser)
+    add_backend_options(parser)
     return parser
 
 
@@ -321,6 +365,7 @@ def transcribe_files(parser: argparse.ArgumentParser, args: dict) -> int:
     output_format: str = args.pop("output_format")
     time_res = args.pop("at_time_res")
     options = tag_options(args)
+    backend = backend_options(parser, args)
 
     if (threads := args.pop("threads")) > 0:
         torch.set_num_threads(threads)
@@ -333,6 +378,9 @@ def transcribe_files(parser: argparse.ArgumentParser, args: dict) -> int:
     if problem:
         error(problem)
         return 2
+    if backend["backend"] == "faster-whisper":
+        return _faster_files(model_name, args, backend, threads, output_dir, output_format,
+                             writer_args, options, time_res)  # fmt: skip
     model = load_tagging_model(model_name, args)
     if model is None:
         return 2
@@ -368,3 +416,23 @@ def transcribe_files(parser: argparse.ArgumentParser, args: dict) -> int:
             error(describe_failure(audio_path, e))
             failed.append(audio_path)
     return report(done, failed)
+
+
+def _faster_files(model_name, args, backend, threads, *rest) -> int:
+    try:
+        from .faster import cli as faster_cli
+    except ImportError as e:
+        error(str(e))
+        return 2
+    head = {name: args.pop(name) for name in ("at_head", "at_low_compute", "at_head_mirror")}
+    backend = dict(backend, threads=threads, **head)
+    try:
+        model = faster_cli.load_model(model_name, args["device"], args["model_dir"], backend)
+    except Exception as e:
+        error(f"cannot load model {model_name}: {' '.join(str(e).split()) or type(e).__name__}")
+        return 2
+    output_format = rest[1]
+    if not model.has_at_head and output_format in outputs.AT_FORMATS:
+        error(f"--output_format {output_format} needs an audio-tagging head: pass --at_head PATH")
+        return 2
+    return faster_cli.transcribe_files(model, args, backend, *rest)

@@ -153,6 +153,15 @@ def _check_include(include_class_list: Optional[Iterable[int]]) -> torch.Tensor:
     return torch.tensor(sorted(indices), dtype=torch.long)
 
 
+def _as_result(result: Any) -> Any:
+    """A faster-whisper ``TaggedTranscriptionInfo`` (anything with ``audio_tag`` and
+    ``at_time_res`` attributes) as a result dict; other values unchanged."""
+    if isinstance(result, Mapping) or not hasattr(type(result), "audio_tag"):
+        return result
+    return {"audio_tag": result.audio_tag, "at_time_res": getattr(result, "at_time_res", None),
+            "language": getattr(result, "language", None)}  # fmt: skip
+
+
 def _check_result(result: Any) -> Tuple[torch.Tensor, Union[int, float]]:
     if not isinstance(result, Mapping):
         raise ValueError(
@@ -214,7 +223,8 @@ def parse_at_label(
     result: dict
         Returned by whisper_at transcribe(); uses "audio_tag" (tensor or numpy array of logits,
         shape [rows, 527]; an all-NaN row means "not analysed"), "at_time_res" (seconds per row)
-        and, for language="follow_asr", "language".
+        and, for language="follow_asr", "language". The ``info`` of a whisper_at.faster
+        transcription (segments consumed) works too.
     language: str
         Language of the label names, e.g. "en", "zh" (see supported_languages()); "follow_asr"
         (default) uses the language detected by ASR. Unknown languages warn and use English.
@@ -235,6 +245,7 @@ def parse_at_label(
     fewer tags); invalid arguments raise ValueError naming the argument; times are rounded to
     6 decimals (3 * 0.4 gives 1.2); NaN logits are never reported.
     """
+    result = _as_result(result)
     tag, res = _check_result(result)
     top_k = _check_top_k(top_k)
     p_threshold = _check_threshold(p_threshold)

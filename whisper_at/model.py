@@ -13,7 +13,7 @@ from typing import Callable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from whisper.decoding import DecodingOptions, DecodingResult
 from whisper.decoding import decode as decode_function
 from whisper.decoding import detect_language as detect_language_function
@@ -40,6 +40,52 @@ def _tap_hook(module, inputs, output):
     layers = getattr(_TLS, "layers", None)
     if layers is not None:
         layers.append(_pool(output))
+
+
+def tap_encoder(encoder: nn.Module) -> nn.Module:
+    """Register the pooling hook on every block of an openai-whisper ``AudioEncoder`` (once)."""
+    if not getattr(encoder, "_at_tapped", False):
+        for block in encoder.blocks:
+            block.register_forward_hook(_tap_hook)
+        encoder._at_tapped = True
+    return encoder
+
+
+def embed_with_layers(encoder: nn.Module, mel: Tensor) -> Tuple[Tensor, Tensor]:
+    """Encode mel [B, n_mels, T] (or [n_mels, T]) with a tapped encoder in one pass.
+
+    Returns the encoder output and every block's output mean-pooled over 20 frames,
+    [B, n_layer, T // 40, n_state] (before ``ln_post``).
+    """
+    single = mel.ndim == 2
+    if single:
+        mel = mel.unsqueeze(0)
+    _TLS.layers = []
+    try:
+        with torch.no_grad(), _short_windows(encoder, mel.shape[-1]):
+            features = encoder(mel)
+        pooled = torch.stack(_TLS.layers, dim=1)
+    finally:
+        _TLS.layers = None
+    if single:
+        return features[0], pooled[0]
+    return features, pooled
+
+
+@contextmanager
+def _short_windows(encoder: nn.Module, n_frames: int):
+    """Let the encoder take windows shorter than 30 s by slicing its positional embedding
+    (tagging-only; the heads were trained on 10 s clips encoded this way)."""
+    full = encoder.positional_embedding
+    n_ctx = n_frames // 2
+    if n_frames % 2 or n_ctx >= full.shape[0]:
+        yield
+        return
+    encoder.positional_embedding = full[:n_ctx]
+    try:
+        yield
+    finally:
+        encoder.positional_embedding = full
 
 
 def _sdpa() -> bool:
@@ -113,10 +159,7 @@ class WhisperAT(Whisper):
             head = head.to(self.positional_device())
         self.at_model = head
         self._at_session = None
-        if not getattr(self.encoder, "_at_tapped", False):
-            for block in self.encoder.blocks:
-                block.register_forward_hook(_tap_hook)
-            self.encoder._at_tapped = True
+        tap_encoder(self.encoder)
 
     def positional_device(self) -> torch.device:
         return self.encoder.positional_embedding.device
@@ -144,35 +187,9 @@ class WhisperAT(Whisper):
         Returns the encoder output (as ``embed_audio``) and every block's output mean-pooled
         over 20 frames, [B, n_audio_layer, T // 40, n_audio_state] (before ``ln_post``).
         """
-        single = mel.ndim == 2
-        if single:
-            mel = mel.unsqueeze(0)
-        _TLS.layers = []
-        try:
-            # the lock: no other thread encodes while the positional embedding is sliced
-            with torch.no_grad(), self.at_lock, self._short_windows(mel.shape[-1]):
-                features = self.encoder(mel)
-            pooled = torch.stack(_TLS.layers, dim=1)
-        finally:
-            _TLS.layers = None
-        if single:
-            return features[0], pooled[0]
-        return features, pooled
-
-    @contextmanager
-    def _short_windows(self, n_frames: int):
-        """Let the encoder take windows shorter than 30 s by slicing its positional embedding
-        (tagging-only; the heads were trained on 10 s clips encoded this way)."""
-        full = self.encoder.positional_embedding
-        n_ctx = n_frames // 2
-        if n_frames % 2 or n_ctx >= full.shape[0]:
-            yield
-            return
-        self.encoder.positional_embedding = full[:n_ctx]
-        try:
-            yield
-        finally:
-            self.encoder.positional_embedding = full
+        # the lock: no other thread encodes while the positional embedding may be sliced
+        with self.at_lock:
+            return embed_with_layers(self.encoder, mel)
 
     def _session(self) -> Optional[_Session]:
         session = self._at_session

@@ -62,28 +62,46 @@ class ChunkTagger:
         self.pending: Dict[int, Tuple[int, Tensor]] = {}  # row -> (overlap, chunk)
         self.features: Optional[List[Tensor]] = [] if keep_features else None
 
-    def add_window(self, seek: int, pooled: Tensor, valid_frames: Optional[int] = None):
+    def add_window(
+        self,
+        seek: int,
+        pooled: Tensor,
+        valid_frames: Optional[int] = None,
+        region: Optional[Tuple[int, int]] = None,
+    ):
         """Take the pooled features [n_layer, 75, d] of the window starting at mel frame seek,
-        whose first ``valid_frames`` mel frames are audio (the rest zero padding)."""
-        if self.features is not None:
+        whose first ``valid_frames`` mel frames are audio (the rest zero padding).
+
+        ``region=(first, end)``: only window frames first..end-1 are the audio at mel frames
+        seek + first.. (a window stitched from pieces, e.g. by VAD, is added once per piece);
+        a row is then tagged from this window only if it lies within the region.
+        """
+        if self.features is not None and (region is None or region[0] == 0):
             self.features.append(pooled.float().cpu())
         n_pooled = pooled.shape[1]
         span = n_pooled * MEL_PER_POOLED
         valid = span if valid_frames is None else min(valid_frames, span)
-        first = max(0, seek // self.res_frames)
-        last = min(self.n_rows, -(-(seek + valid) // self.res_frames))
+        lo, hi = seek, seek + valid
+        low, high = 0, max(n_pooled - self.width, 0)
+        if region is not None:
+            lo, hi = seek + region[0], seek + min(region[1], valid)
+            low = min(-(-region[0] // MEL_PER_POOLED), high)
+            high = max(low, min(high, min(region[1], valid) // MEL_PER_POOLED - self.width))
+        first = max(0, lo // self.res_frames)
+        last = min(self.n_rows, -(-hi // self.res_frames))
         rows, chunks = [], []
         for k in range(first, last):
             start = k * self.res_frames
-            overlap = min(start + self.res_frames, seek + valid) - max(start, seek)
+            overlap = min(start + self.res_frames, hi) - max(start, lo)
             if self.done[k] or overlap <= 0:
                 continue
             offset = math.floor((start - seek) / MEL_PER_POOLED + 0.5)
-            if 0 <= offset <= n_pooled - self.width:
+            inside = region is None or lo <= start and start + self.res_frames <= hi
+            if inside and 0 <= offset <= n_pooled - self.width:
                 rows.append(k)
                 chunks.append(pooled[:, offset : offset + self.width])
             elif overlap > self.pending.get(k, (0, None))[0]:
-                offset = min(max(offset, 0), max(n_pooled - self.width, 0))
+                offset = min(max(offset, low), high)
                 self.pending[k] = (overlap, pooled[:, offset : offset + self.width])
         self._run(rows, chunks)
 

@@ -15,8 +15,8 @@ from .checkpoint import alignment_heads_mask, load_openai, make_checkpoint, save
 from .ct2 import CT2Source, PathLike, _is_ct2_file, _part_number, read_ct2_model
 from .hf import HF_WEIGHTS, hf_to_openai, openai_to_hf
 
-__all__ = ["alignment_heads_mask", "ct2_to_openai", "detect_format", "load_checkpoint",
-           "openai_to_hf", "read_ct2_model", "save_checkpoint"]  # fmt: skip
+__all__ = ["alignment_heads_mask", "ct2_encoder", "ct2_to_openai", "detect_format",
+           "load_checkpoint", "openai_to_hf", "read_ct2_model", "save_checkpoint"]  # fmt: skip
 
 
 def _weight(variables: Dict[str, np.ndarray], name: str) -> torch.Tensor:
@@ -83,6 +83,43 @@ def _convert_block(
     return {f"{dst}.{key}": value.contiguous() for key, value in out.items()}
 
 
+def _encoder_part(variables: Dict[str, np.ndarray], config: dict, src) -> tuple:
+    """The audio encoder's dimensions (``n_mels``, ``n_audio_*``) and "encoder.*" state."""
+    if "encoder/conv1/weight" not in variables:
+        raise ValueError(f"Not a CTranslate2 Whisper model (no encoder/conv1/weight): {src}")
+    n_audio_state, n_mels, _ = variables["encoder/conv1/weight"].shape
+    audio_pos_name = "encoder/position_encodings/encodings"
+    audio_pos = variables.get(audio_pos_name)
+    dims = dict(
+        n_mels=int(n_mels),
+        n_audio_ctx=int(audio_pos.shape[0]) if audio_pos is not None else 1500,
+        n_audio_state=int(n_audio_state),
+        n_audio_head=_num_heads(variables, config, "encoder", int(n_audio_state)),
+        n_audio_layer=_num_layers(variables, "encoder"),
+    )
+    state: Dict[str, torch.Tensor] = {}
+    if audio_pos is not None:
+        state["encoder.positional_embedding"] = _weight(variables, audio_pos_name)
+    else:  # the encoder uses fixed sinusoids; CT2 may leave them out
+        sinusoid = sinusoids(dims["n_audio_ctx"], dims["n_audio_state"])
+        state["encoder.positional_embedding"] = sinusoid.half()
+    for conv in ("conv1", "conv2"):
+        state[f"encoder.{conv}.weight"] = _weight(variables, f"encoder/{conv}/weight")
+        state[f"encoder.{conv}.bias"] = _weight(variables, f"encoder/{conv}/bias")
+    for i in range(dims["n_audio_layer"]):
+        state.update(_convert_block(variables, f"encoder/layer_{i}", f"encoder.blocks.{i}", False))
+    state["encoder.ln_post.weight"] = _weight(variables, "encoder/layer_norm/gamma")
+    state["encoder.ln_post.bias"] = _weight(variables, "encoder/layer_norm/beta")
+    return dims, state
+
+
+def ct2_encoder(src: CT2Source) -> tuple:
+    """Only the audio encoder of a CTranslate2 Whisper model (the decoder is not even read):
+    (dims dict with ``n_mels`` and ``n_audio_*``, fp16 state dict with "encoder.*" keys)."""
+    variables, config = read_ct2_model(src, keep=lambda name: name.startswith("encoder/"))
+    return _encoder_part(variables, config, src)
+
+
 def ct2_to_openai(src: CT2Source) -> dict:
     """Convert a CTranslate2 Whisper model to an openai-whisper checkpoint dict.
 
@@ -94,39 +131,20 @@ def ct2_to_openai(src: CT2Source) -> dict:
     if any(name not in variables for name in required):
         raise ValueError(f"Not a CTranslate2 Whisper model (no {' / '.join(required)}): {src}")
 
-    n_audio_state, n_mels, _ = variables["encoder/conv1/weight"].shape
+    audio_dims, state = _encoder_part(variables, config, src)
     n_vocab, n_text_state = variables["decoder/embeddings/weight"].shape
-    audio_pos_name = "encoder/position_encodings/encodings"
     text_pos_name = "decoder/position_encodings/encodings"
-    audio_pos, text_pos = variables.get(audio_pos_name), variables.get(text_pos_name)
+    text_pos = variables.get(text_pos_name)
     if text_pos is None:
         raise ValueError(f"CTranslate2 model has no decoder position encodings: {src}")
     dims = ModelDimensions(
-        n_mels=int(n_mels),
-        n_audio_ctx=int(audio_pos.shape[0]) if audio_pos is not None else 1500,
-        n_audio_state=int(n_audio_state),
-        n_audio_head=_num_heads(variables, config, "encoder", int(n_audio_state)),
-        n_audio_layer=_num_layers(variables, "encoder"),
+        **audio_dims,
         n_vocab=int(n_vocab),
         n_text_ctx=int(text_pos.shape[0]),
         n_text_state=int(n_text_state),
         n_text_head=_num_heads(variables, config, "decoder", int(n_text_state)),
         n_text_layer=_num_layers(variables, "decoder"),
     )
-
-    state: Dict[str, torch.Tensor] = {}
-    if audio_pos is not None:
-        state["encoder.positional_embedding"] = _weight(variables, audio_pos_name)
-    else:  # the encoder uses fixed sinusoids; CT2 may leave them out
-        sinusoid = sinusoids(dims.n_audio_ctx, dims.n_audio_state)
-        state["encoder.positional_embedding"] = sinusoid.half()
-    for conv in ("conv1", "conv2"):
-        state[f"encoder.{conv}.weight"] = _weight(variables, f"encoder/{conv}/weight")
-        state[f"encoder.{conv}.bias"] = _weight(variables, f"encoder/{conv}/bias")
-    for i in range(dims.n_audio_layer):
-        state.update(_convert_block(variables, f"encoder/layer_{i}", f"encoder.blocks.{i}", False))
-    state["encoder.ln_post.weight"] = _weight(variables, "encoder/layer_norm/gamma")
-    state["encoder.ln_post.bias"] = _weight(variables, "encoder/layer_norm/beta")
 
     state["decoder.positional_embedding"] = _weight(variables, text_pos_name)
     state["decoder.token_embedding.weight"] = _weight(variables, "decoder/embeddings/weight")

@@ -4,7 +4,7 @@ import json
 import os
 import re
 import struct
-from typing import BinaryIO, Dict, List, Optional, Sequence, Tuple, Union
+from typing import BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -40,10 +40,26 @@ class _ChainReader:
             if n:
                 filled += n
                 continue
-            self.file.close()
-            self.index += 1
-            self.file = open(self.paths[self.index], "rb") if self.index < len(self.paths) else None
+            self._next_file()
         return filled
+
+    def _next_file(self) -> None:
+        self.file.close()
+        self.index += 1
+        self.file = open(self.paths[self.index], "rb") if self.index < len(self.paths) else None
+
+    def skip(self, size: int) -> int:
+        """Move ``size`` bytes forward without reading them; returns the bytes skipped."""
+        skipped = 0
+        while skipped < size and self.file is not None:
+            here = self.file.tell()
+            step = min(size - skipped, os.fstat(self.file.fileno()).st_size - here)
+            if step > 0:
+                self.file.seek(step, os.SEEK_CUR)
+                skipped += step
+                continue
+            self._next_file()
+        return skipped
 
     def read_exact(self, size: int) -> bytes:
         data = bytearray(size)
@@ -97,11 +113,14 @@ def _ct2_files(src: CT2Source) -> Tuple[List[str], Optional[str]]:
     return [os.path.join(path, p) for p in parts], path
 
 
-def read_ct2_model(path: CT2Source) -> Tuple[Dict[str, np.ndarray], dict]:
+def read_ct2_model(
+    path: CT2Source, keep: Optional[Callable[[str], bool]] = None
+) -> Tuple[Dict[str, np.ndarray], dict]:
     """Parse a CTranslate2 model.bin (possibly split in parts) and its config.json.
 
     Returns the variables by name (aliases resolved; bfloat16 widened to float32) and the
     parsed config.json of the model directory, or an empty dict when there is none.
+    ``keep(name)``: read only the variables it accepts (the others are skipped, not loaded).
     """
     files, directory = _ct2_files(path)
     reader = _ChainReader(files)
@@ -135,6 +154,10 @@ def read_ct2_model(path: CT2Source) -> Tuple[Dict[str, np.ndarray], dict]:
                 type_id, num_bytes = {4: 0, 1: 1, 2: 2}.get(item_size, -1), item_size * num_items
             if type_id not in _CT2_DTYPES:
                 raise ValueError(f"Unsupported CTranslate2 dtype id {type_id} for {name}")
+            if keep is not None and not keep(name):
+                if reader.skip(num_bytes) != num_bytes:
+                    raise ValueError(f"Truncated CTranslate2 model while reading {name}: {files}")
+                continue
             array = np.empty(num_bytes // _CT2_DTYPES[type_id].itemsize, _CT2_DTYPES[type_id])
             if reader.readinto(memoryview(array)) != num_bytes:
                 raise ValueError(f"Truncated CTranslate2 model while reading {name}: {files}")
@@ -145,7 +168,8 @@ def read_ct2_model(path: CT2Source) -> Tuple[Dict[str, np.ndarray], dict]:
             (num_aliases,) = unpack("I")
             for _ in range(num_aliases):
                 alias, target = read_string(), read_string()
-                variables[alias] = variables[target]
+                if keep is None or target in variables:  # aliases of skipped ones: dropped
+                    variables[alias] = variables[target]
         if not reader.at_eof():
             raise ValueError(f"Trailing data after CTranslate2 model: {files}")
     finally:

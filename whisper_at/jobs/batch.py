@@ -21,7 +21,9 @@ from tqdm import tqdm
 from whisper.utils import optional_float, optional_int
 
 from ..cli import (
+    add_backend_options,
     add_tagging_options,
+    backend_options,
     batch_size_arg,
     describe_failure,
     error,
@@ -190,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     formats.default = "none"
     formats.help = "per-file outputs beside the shards (tag task: tags, events or png)"
     add_tagging_options(parser, captions=True)
+    add_backend_options(parser, batch_size=False)
 
     group = parser.add_argument_group("batch")
     add = group.add_argument
@@ -201,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--shard_size", type=positive_int, default=100, help="finish a shard after this many files")
     add("--shard_seconds", type=float, default=60.0, help="... or after this many seconds")
     add("--batch_size", type=batch_size_arg, default="auto",
-        help="tag: windows per encoder call, across files (auto: 1 on CPU, 8 on GPU)")
+        help="tag: windows per encoder call, across files (auto: 1 on CPU, 8 on GPU); "
+        "faster-whisper: its batched pipeline's batch (auto: sequential decoding)")
     add("--at_window", type=int, choices=[30, 10], default=30, help="tag: encoder window (s)")
     add("--prefetch", type=positive_int, default=2, help="local: files decoded ahead of the model")
     add("--seed", type=int, default=0, help="torch seed set before each transcription")
@@ -233,6 +237,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f"--task tag writes --output_format {', '.join(TAG_FORMATS)} or none")
     if output_format == "png" and not have_matplotlib():
         parser.error("--output_format png needs matplotlib: pip install 'whisper-at[plot]'")
+    backend = backend_options(parser, args, batch_size=False)
+    if task == "tag" and backend["backend"] != "openai-whisper":
+        parser.error("--task tag runs the tagging encoder only: --backend applies to transcribe")
     model = {name: args.pop(name) for name in MODEL_OPTIONS}
     model["at_head_mirror"] = head_mirror(model["at_head_mirror"])  # the env var's, for Ray
     engine, extensions = args.pop("engine"), args.pop("extensions").split(",")
@@ -252,7 +259,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     options = BatchOptions(
         **model, task=task, at_time_res=args.pop("at_time_res"), tags=tag_options(args),
         window_seconds=args.pop("at_window"), batch_size=args.pop("batch_size"),
-        seed=args.pop("seed"), retries=args.pop("retries"),
+        seed=args.pop("seed"), retries=args.pop("retries"), backend=backend.pop("backend"),
+        backend_options=backend,
         decode_options=args,  # what is left: openai-whisper's transcribe options
     )
     try:

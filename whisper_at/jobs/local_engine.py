@@ -46,6 +46,8 @@ class BatchOptions:
     decode_options: dict = field(default_factory=dict)  # transcribe: openai-whisper's options
     threads: int = 0  # torch CPU threads (0: torch's default)
     retries: int = 1  # extra attempts at decoding a file or running the model on it
+    backend: str = "openai-whisper"  # or "faster-whisper" (transcribe/translate)
+    backend_options: dict = field(default_factory=dict)  # faster-whisper: compute_type, ...
 
 
 @dataclass
@@ -67,6 +69,13 @@ def load_batch_model(options: BatchOptions):
 
     if options.threads > 0:
         torch.set_num_threads(options.threads)
+    if options.backend == "faster-whisper":
+        from ..faster import cli as faster_cli
+
+        head = {"at_head": options.at_head, "at_low_compute": options.at_low_compute,
+                "at_head_mirror": options.at_head_mirror}
+        backend = dict(options.backend_options, threads=options.threads, **head)
+        return faster_cli.load_model(options.model, options.device, options.model_dir, backend)
     model = whisper_at.load_model(
         options.model,
         device=options.device,
@@ -83,7 +92,7 @@ def load_batch_model(options: BatchOptions):
 def for_model(options: BatchOptions, model) -> BatchOptions:
     """The options as they apply on the model's device: no fp16 decoding on CPU (as
     openai-whisper decides, without its warning for every file)."""
-    if options.task != "tag" and model.device.type == "cpu":
+    if options.backend == "openai-whisper" and options.task != "tag" and model.device.type == "cpu":
         return dataclasses.replace(
             options, decode_options={**options.decode_options, "fp16": False}
         )
@@ -237,6 +246,13 @@ def tag_stream(
 def _transcribe(model, item: Decoded, options: BatchOptions) -> dict:
     from ..transcribe import transcribe
 
+    if options.backend == "faster-whisper":
+        from ..faster import cli as faster_cli
+
+        backend = dict(options.backend_options, batch_size=options.batch_size)
+        decode = faster_cli.fw_options(dict(options.decode_options, task=options.task), backend)
+        return faster_cli.transcribe(model, item.audio, decode, options.at_time_res,
+                                     seed=options.seed)  # fmt: skip
     torch.manual_seed(options.seed)
     return transcribe(
         model, item.audio, at_time_res=options.at_time_res, task=options.task, verbose=None,

@@ -1,0 +1,119 @@
+"""``whisper-at --backend faster-whisper`` (and ``whisper-at batch --backend faster-whisper``).
+
+openai-whisper's options (as its CLI parsed them) become faster-whisper's ``transcribe``
+arguments; results go through :func:`~whisper_at.faster.to_whisper_result`, so the output files
+and batch records are the ones the openai-whisper backend makes (openai-whisper's writers +
+ours).
+"""
+
+from typing import List, Optional
+
+import ctranslate2
+from whisper.utils import format_timestamp
+
+from .. import outputs
+from ..cli import describe_failure, error, report
+from . import BatchedInferencePipeline, WhisperModel, to_whisper_result
+
+# openai-whisper's name -> faster-whisper's
+RENAMED = {"logprob_threshold": "log_prob_threshold"}
+# no faster-whisper counterpart: fp16 (compute_type decides), the others are the CLI's
+DROPPED = ("fp16", "verbose", "device", "model_dir", "audio")
+# options for which openai-whisper's None means "off", where FW needs a number
+NUMBER_DEFAULTS = {"beam_size": 1, "best_of": 1, "patience": 1.0, "length_penalty": 1.0}
+# what FW's batched pipeline does not take
+NOT_BATCHED = ("condition_on_previous_text", "hallucination_silence_threshold")
+
+
+def fw_options(args: dict, backend: dict) -> dict:
+    """openai-whisper's transcribe options (and the backend's) as faster-whisper's."""
+    options = {}
+    for name, value in args.items():
+        if name in DROPPED or (backend.get("batch_size") and name in NOT_BATCHED):
+            continue
+        if name == "carry_initial_prompt":
+            if value:
+                raise ValueError("--carry_initial_prompt is not supported by faster-whisper")
+            continue
+        if name in NUMBER_DEFAULTS and value is None:
+            value = NUMBER_DEFAULTS[name]
+        if name == "suppress_tokens":
+            value = [int(t) for t in value.split(",")] if value else []
+        options[RENAMED.get(name, name)] = value
+    options["vad_filter"] = backend.get("vad_filter", False)
+    options["at_fill_gaps"] = backend.get("at_fill_gaps", False)
+    if backend.get("batch_size"):
+        options["batch_size"] = backend["batch_size"]
+    return options
+
+
+def load_model(name: str, device: Optional[str], model_dir: Optional[str], backend: dict):
+    """The tagging FW model the options describe (errors raise)."""
+    return WhisperModel(
+        name, device=device if device in ("cpu", "cuda") else "auto",
+        compute_type=backend.get("compute_type", "default"),
+        cpu_threads=backend.get("threads") or 0, download_root=model_dir,
+        at_head=backend.get("at_head"), at_low_compute=backend.get("at_low_compute", False),
+        at_encoder=backend.get("at_encoder", "one_pass"),
+        at_head_mirror=backend.get("at_head_mirror"),
+    )  # fmt: skip
+
+
+def batched_clips(clips: str, duration: float) -> Optional[List[dict]]:
+    """openai-whisper's "start,end,start,end..." seconds as the batched pipeline's clip list
+    (None for "0": the whole file; an odd count ends at the end of the file)."""
+    points = [float(t) for t in clips.split(",")] if clips else []
+    if points in ([], [0.0]):
+        return None
+    if len(points) % 2:
+        points.append(duration)
+    return [{"start": a, "end": b} for a, b in zip(points[::2], points[1::2])]
+
+
+def transcribe(model, audio, options: dict, at_time_res: float, seed: Optional[int] = None,
+               verbose: bool = False) -> dict:  # fmt: skip
+    """openai-whisper's result dict (with tags) of one waveform; ``options`` from
+    :func:`fw_options` (``batch_size``: FW's batched pipeline)."""
+    options = dict(options)
+    if "batch_size" in options:
+        model = BatchedInferencePipeline(model)
+        clips = options.get("clip_timestamps", "0")
+        options["clip_timestamps"] = batched_clips(clips, audio.shape[-1] / 16000)
+    if seed is not None:
+        ctranslate2.set_random_seed(seed)
+    segments, info = model.transcribe(audio, at_time_res=at_time_res, **options)
+    return to_whisper_result(_printed(segments) if verbose else segments, info)
+
+
+def transcribe_files(model, args: dict, backend: dict, output_dir: str, output_format: str,
+                     writer_args: dict, options, time_res: float) -> int:  # fmt: skip
+    """``whisper-at --backend faster-whisper``: transcribe and write every file; exit status."""
+    verbose, audio_paths = args.get("verbose"), args["audio"]
+    try:
+        decode = fw_options(args, backend)
+    except ValueError as e:
+        error(str(e))
+        return 2
+    from ..audio_io import load_audio
+
+    done, failed = 0, []
+    for audio_path in audio_paths:
+        try:
+            audio = load_audio(audio_path)
+            if audio.size == 0:
+                raise ValueError(f"{audio_path}: audio is empty (0 samples decoded)")
+            result = transcribe(model, audio, decode, time_res, verbose=verbose)
+            outputs.write_outputs(result, audio_path, output_dir, output_format, writer_args,
+                                  options, duration=audio.shape[-1] / 16000)  # fmt: skip
+            done += 1
+        except Exception as e:
+            error(describe_failure(audio_path, e))
+            failed.append(audio_path)
+    return report(done, failed)
+
+
+def _printed(segments):
+    for segment in segments:
+        start, end = format_timestamp(segment.start), format_timestamp(segment.end)
+        print(f"[{start} --> {end}] {segment.text}", flush=True)
+        yield segment

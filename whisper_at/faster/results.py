@@ -1,0 +1,87 @@
+"""Typed access to the tags of a faster-whisper transcription, and openai-whisper-style results.
+
+``transcribe`` returns FW's ``(segments, info)``; ``info`` is a :class:`TaggedTranscriptionInfo`
+(a ``TranscriptionInfo`` with ``audio_tag`` and ``at_time_res``). The tags exist once the lazy
+segments have been consumed. :func:`to_whisper_result` turns both into the dict that
+openai-whisper's ``transcribe`` returns, so its writers and ours take it unchanged.
+"""
+
+from dataclasses import dataclass, fields
+from typing import Iterable, Optional
+
+from faster_whisper.transcribe import Segment, TranscriptionInfo
+from torch import Tensor
+
+
+@dataclass
+class TaggedTranscriptionInfo(TranscriptionInfo):
+    """FW's ``TranscriptionInfo`` plus the sound-event tags of the same audio.
+
+    ``audio_tag``: float32 tensor [ceil(duration / at_time_res), 527] of AudioSet logits, row k
+    covering [k * at_time_res, (k + 1) * at_time_res) s of the original audio (NaN rows: not
+    analysed); None when the model has no AT head. Readable once the segments are consumed.
+    """
+
+    at_time_res: float = 10
+
+    @classmethod
+    def wrap(cls, info: TranscriptionInfo, session) -> "TaggedTranscriptionInfo":
+        values = {f.name: getattr(info, f.name) for f in fields(TranscriptionInfo)}
+        tagged = cls(**values, at_time_res=session.at_time_res)
+        tagged._session = session
+        return tagged
+
+    @property
+    def tags_ready(self) -> bool:
+        """Whether the segments have been consumed, so that ``audio_tag`` can be read."""
+        session = self.__dict__.get("_session")
+        return session is not None and session.finished
+
+    @property
+    def audio_tag(self) -> Optional[Tensor]:
+        if not self.tags_ready:
+            raise RuntimeError(
+                "audio_tag is known once the transcription has run: consume the segments first "
+                "(e.g. segments = list(segments)); FW makes them lazily"
+            )
+        return self._session.audio_tag
+
+
+def _word(word) -> dict:
+    return {"word": word.word, "start": word.start, "end": word.end,
+            "probability": word.probability}  # fmt: skip
+
+
+def _segment(index: int, segment: Segment) -> dict:
+    out = {
+        "id": index,
+        "seek": segment.seek,
+        "start": segment.start,
+        "end": segment.end,
+        "text": segment.text,
+        "tokens": list(segment.tokens),
+        "temperature": segment.temperature,
+        "avg_logprob": segment.avg_logprob,
+        "compression_ratio": segment.compression_ratio,
+        "no_speech_prob": segment.no_speech_prob,
+    }
+    if segment.words is not None:
+        out["words"] = [_word(word) for word in segment.words]
+    return out
+
+
+def to_whisper_result(segments: Iterable[Segment], info: TranscriptionInfo) -> dict:
+    """openai-whisper's result dict from FW's ``(segments, info)`` (consumes the segments):
+    ``text``, ``segments`` (id from 0, seek, start, end, text, tokens, temperature,
+    avg_logprob, compression_ratio, no_speech_prob, and ``words`` with word timestamps),
+    ``language``, plus ``audio_tag`` and ``at_time_res`` when ``info`` carries tags."""
+    segments = list(segments)
+    result = {
+        "text": "".join(segment.text for segment in segments),
+        "segments": [_segment(i, segment) for i, segment in enumerate(segments)],
+        "language": info.language,
+    }
+    if isinstance(info, TaggedTranscriptionInfo) and info.audio_tag is not None:
+        result["audio_tag"] = info.audio_tag
+        result["at_time_res"] = info.at_time_res
+    return result
