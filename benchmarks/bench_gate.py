@@ -6,10 +6,9 @@ noise, speech again. Head: the TL-TR head for tiny.en that the test suite trains
 noise and plucked-string music; none of this audio is in its training set). So: tiny.en only.
 
 Rows: openai-whisper's decoding through whisper_at without the gate and with ``at_speech_gate``
-P; for reference, plain faster-whisper (CTranslate2, the same tiny.en weights in fp16 -> int8 on
-CPU as it loads them) without and with ``vad_filter`` (Silero VAD): another decoder, so compare
-within a backend. The AT gate on the faster-whisper backend (``whisper_at.faster``) joins as a row
-once that backend is on this branch (``at_faster_rows``).
+P; plain faster-whisper (CTranslate2, the same tiny.en weights, default compute type) without
+and with ``vad_filter`` (Silero VAD); and the faster-whisper backend (``whisper_at.faster``, one
+pass) without and with the AT gate: compare within a backend.
 """
 
 import argparse
@@ -111,12 +110,36 @@ def faster_rows(path, repeats):
                    **score(results[name], testkit.gate_audio(path)[1])} for name in variants}
 
 
-def at_faster_rows(path, repeats):
-    """HOOK: the AT gate on the faster-whisper backend, once ``whisper_at.faster`` is on this
-    branch (not yet: returns no rows)."""
-    if importlib.util.find_spec("whisper_at.faster") is None:
-        return {}
-    raise NotImplementedError("whisper_at.faster landed: measure its at_speech_gate here")
+def at_faster_rows(path, thresholds, repeats):
+    """The faster-whisper backend (whisper_at.faster, one pass, the same compute type as the
+    plain rows) with tags, without and with the AT gate."""
+    from whisper_at.faster import WhisperModel
+
+    head = testkit.speech_head(common.cache_dir(), common.checkpoint("tiny"))
+    model = WhisperModel(str(testkit.ct2_dir(common.cache_dir(), "tiny.en")), device="cpu",
+                         at_head=str(head))
+    audio = common.load_wav(path)
+    variants = {"whisper_at.faster": {}}
+    variants.update({f"whisper_at.faster AT gate {p:g}": {"at_speech_gate": p}
+                     for p in thresholds})
+    results = {}
+
+    def make(name, options):
+        def go():
+            segments, info = model.transcribe(audio, language="en", **options)
+            results[name] = ([(s.start, s.end, s.text) for s in segments], info)
+
+        return go
+
+    times = common.alternate({n: make(n, o) for n, o in variants.items()}, repeats)
+    rows = {}
+    for name in variants:
+        segments, info = results[name]
+        gate = info.at_gate or {}
+        rows[name] = {"wall": common.median(times[name]), "decoder": "-",
+                      "skipped": sum(b - a for a, b in gate.get("skipped", [])),
+                      **score(segments, testkit.gate_audio(path)[1])}
+    return rows
 
 
 def main():
@@ -138,7 +161,7 @@ def main():
     faster = not (args.no_faster or args.quick) and importlib.util.find_spec("faster_whisper")
     if faster:
         rows.update(faster_rows(path, args.repeats))
-        rows.update(at_faster_rows(path, args.repeats))
+        rows.update(at_faster_rows(path, args.thresholds, args.repeats))
     table = [["tiny", name, r["in_non_speech"], r["invented"], f"{r['lost']}/{r['spoken']}",
               r["decoder"],
               r["skipped"] if isinstance(r["skipped"], str) else f"{r['skipped']:.1f}",
@@ -156,6 +179,8 @@ def main():
     summary = [change(f"AT gate {p:g}", rows["no gate"]) for p in args.thresholds]
     if faster:
         summary.append(change("faster-whisper vad_filter", rows["faster-whisper"]))
+        summary += [change(f"whisper_at.faster AT gate {p:g}", rows["whisper_at.faster"])
+                    for p in args.thresholds]
     print(f"\nSUMMARY bench_gate: tiny {'; '.join(summary)}")
 
 

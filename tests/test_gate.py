@@ -237,3 +237,88 @@ def test_cli_gate_and_segment_info(tiny_en_pt, speech_head_file, gate_wav, tmp_p
                 str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 2
     assert "--at_segment_info needs an audio-tagging head: pass --at_head PATH" in proc.stderr
+
+
+# --- the same gate on the faster-whisper backend (whisper_at.faster) --------------------------
+
+
+@pytest.fixture(scope="module")
+def fw_speech(ct2_tiny_en_dir, speech_head_file):
+    """faster-whisper tiny.en (int8, one pass) with the trained speech head."""
+    from whisper_at.faster import WhisperModel
+
+    return WhisperModel(str(ct2_tiny_en_dir), compute_type="int8", cpu_threads=2,
+                        at_head=str(speech_head_file))
+
+
+def _run_fw(model, path, monkeypatch, **options):
+    """(openai-whisper-style result, windows FW really decoded) of a transcription."""
+    import faster_whisper
+
+    from whisper_at.faster import to_whisper_result
+
+    decoded = []
+    original = faster_whisper.WhisperModel.generate_with_fallback
+
+    def counting(self, *args, **kwargs):
+        decoded.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(faster_whisper.WhisperModel, "generate_with_fallback", counting)
+    segments, info = model.transcribe(str(path), language="en", beam_size=1,
+                                      temperature=0.0, **options)
+    return to_whisper_result(segments, info), len(decoded)
+
+
+def test_faster_whisper_gate_skips_non_speech(fw_speech, gate_wav, monkeypatch):
+    path, parts = gate_wav
+    off, off_decoded = _run_fw(fw_speech, path, monkeypatch, at_segment_info=True)
+    on, on_decoded = _run_fw(fw_speech, path, monkeypatch, at_speech_gate=P,
+                             at_segment_info=True)
+    non_speech = ("tone", "noise")
+    report = on["at_gate"]
+    assert report["windows_skipped"] >= 1 and any(a <= 30 and b >= 70 for a, b in
+                                                  report["skipped"]), report
+    assert on_decoded < off_decoded, (on_decoded, off_decoded)
+    assert all(not _inside(s, parts, non_speech) for s in on["segments"] if s["text"].strip())
+    # the first window is decoded as without the gate; the tags are those of the same windows
+    first = [s["text"] for s in off["segments"] if s["end"] <= parts[0][1] + 1]
+    assert [s["text"] for s in on["segments"][: len(first)]] == first and len(first) >= 3
+    torch.testing.assert_close(on["audio_tag"][:3], off["audio_tag"][:3], atol=1e-5, rtol=0)
+    for word in ("stella", "tomatoes", "library", "kitchen"):
+        assert word in _words(on["text"]), on["text"]
+    # segment evidence, as whisper_at.transcribe's rules give it (whether tiny.en writes text
+    # over the white noise, which differs from run to run, varies; the tone window is skipped)
+    probs = speech_probability(off["audio_tag"])
+    for segment in off["segments"]:
+        expected = gate.mean_speech(segment, probs, 1000)
+        assert segment["at_speech_prob"] == pytest.approx(expected, abs=1e-4)
+        assert segment["at_hallucination"] is (bool(segment["text"].strip()) and expected < P)
+
+
+def test_faster_whisper_gate_with_vad_and_word_timestamps(fw_speech, gate_wav, monkeypatch):
+    path, parts = gate_wav
+    words, _ = _run_fw(fw_speech, path, monkeypatch, at_speech_gate=P, word_timestamps=True)
+    assert words["at_gate"]["windows_skipped"] >= 1
+    assert all(w["start"] < parts[1][0] + 1 or w["start"] >= parts[3][0] - 1
+               for s in words["segments"] for w in s["words"])
+    # with vad_filter, VAD chose what to decode: the gate skips nothing, it only drops
+    vad, _ = _run_fw(fw_speech, path, monkeypatch, at_speech_gate=P, vad_filter=True)
+    assert vad["at_gate"]["skipped"] == [] and vad["at_gate"]["windows"] == 0
+    assert "library" in _words(vad["text"])
+    with pytest.raises(ValueError, match="at_speech_gate must be a speech probability"):
+        fw_speech.transcribe(str(path), at_speech_gate=2)
+
+
+def test_cli_gate_on_the_faster_whisper_backend(ct2_tiny_en_dir, speech_head_file, gate_wav,
+                                                tmp_path):
+    path, _ = gate_wav
+    proc = _cli(str(path), "--backend", "faster-whisper", "--model", str(ct2_tiny_en_dir),
+                "--compute_type", "int8", "--at_head", str(speech_head_file),
+                "--at_speech_gate", "0.5", "--at_segment_info", "-f", "json", "-o",
+                str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    document = json.loads((tmp_path / "gate.json").read_text())
+    assert document["at_gate"]["windows_skipped"] >= 1
+    assert all("at_hallucination" in s for s in document["segments"])
+    assert "kitchen" in _words(document["text"])

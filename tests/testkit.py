@@ -437,7 +437,7 @@ def speech_head_key(model: Path) -> str:
     digest = hashlib.sha256()
     code = [_speech_head_sources, _speech_head_clips, speech_head, espeak, synth, pluck_music,
             tap._pool, tap._tap_hook, tap.WhisperAT.embed_audio_with_layers,
-            tap.WhisperAT._short_windows]
+            tap.embed_with_layers, tap._short_windows]
     for fn in code:
         digest.update(inspect.getsource(fn).encode())
     recipe = (SPEECH_HEAD_SENTENCES, SPEECH_HEAD_VOICES, SPEECH_HEAD_VARIANTS,

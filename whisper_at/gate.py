@@ -103,7 +103,9 @@ def _overlaps(start: float, end: float, rows: range, res_frames: int) -> Tensor:
     if end <= start:
         return torch.ones(len(rows))
     res = res_frames / FRAMES_PER_SECOND
-    return torch.tensor([max(0.0, min(end, (k + 1) * res) - max(start, k * res)) for k in rows])
+    return torch.tensor(
+        [max(0.0, min(end, (k + 1) * res) - max(start, k * res)) for k in rows], dtype=torch.float32
+    )
 
 
 def in_non_speech(
@@ -212,6 +214,29 @@ class GateLog:
         }
 
 
+def skip_steps(
+    tagger, seek: int, n_frames: int, threshold: float, silence: Optional[float], log: GateLog
+) -> int:
+    """Timestamp positions (of 2 mel frames) to skip at the start of the window [seek, seek +
+    n_frames) (mel frames of audio), from the speech probabilities of the tag rows it overlaps
+    as ``tagger`` (a ChunkTagger) has them now; the decision is logged. ``silence``: the
+    hallucination_silence_threshold when word timestamps are on (both loops then jump to the
+    window's end when what follows the last "word" is shorter: skip less instead)."""
+    rows = range(max(0, seek // tagger.res_frames),
+                 min(tagger.n_rows, -(-(seek + n_frames) // tagger.res_frames)))  # fmt: skip
+    probs = speech_probability(tagger.peek(rows)).tolist()
+    target = seek_target(probs, rows.start, seek, n_frames, tagger.res_frames, threshold)
+    whole = target >= seek + n_frames
+    steps = -(-(target - seek) // 2) if whole else (target - seek) // 2
+    if not whole and silence is not None:
+        steps = min(steps, math.floor((30 - silence) / 0.02) - 1)
+    steps = max(0, min(steps, 1500))
+    log.windows += 1
+    if steps:
+        log.skip(seek, min(seek + 2 * steps, seek + n_frames), whole)
+    return steps
+
+
 def _rounded(value: Optional[float]) -> Optional[float]:
     return None if value is None else round(value, 4)
 
@@ -239,23 +264,9 @@ class WindowGate:
         """Timestamp positions (of 2 mel frames) to skip in the window at ``seek``."""
         if seek in self.decisions:
             return self.decisions[seek]
-        rows = range(max(0, seek // tagger.res_frames),
-                     min(tagger.n_rows, -(-(seek + n_frames) // tagger.res_frames)))
-        probs = speech_probability(tagger.peek(rows)).tolist()
-        target = seek_target(probs, rows.start, seek, n_frames, tagger.res_frames,
-                             self.threshold)
-        whole = target >= seek + n_frames
-        steps = -(-(target - seek) // 2) if whole else (target - seek) // 2
-        if not whole and self.silence is not None:
-            # with word timestamps, transcribe skips to the window's end when what follows the
-            # last "word" is shorter than hallucination_silence_threshold: skip less instead
-            limit = math.floor((30 - self.silence) / 0.02) - 1
-            steps = min(steps, limit)
-        steps = max(0, min(steps, 1500))
+        steps = skip_steps(tagger, seek, n_frames, self.threshold, self.silence, self.log)
         self.decisions[seek] = steps
-        self.log.windows += 1
         if steps:
-            self.log.skip(seek, min(seek + 2 * steps, seek + n_frames), whole)
             resume = float(seek * HOP_LENGTH / SAMPLE_RATE) + steps * 0.02  # as transcribe does
             at = format_timestamp(resume)
             shown = f"[{format_timestamp(seek / FRAMES_PER_SECOND)} --> {at}]"

@@ -117,6 +117,20 @@ class TaggingMixin:
         finally:
             session.detecting -= 1
 
+    def generate_with_fallback(self, encoder_output, prompt, tokenizer, options):
+        """FW's, except where the speech gate skips the start of the window being decoded
+        (see :mod:`whisper_at.faster.gating`)."""
+        session = active_session(self)
+        if session is not None and session.gate is not None and session.current is not None \
+                and session.timeline.identity:
+            session.flush()  # exact mode: the window's tagging pass must have finished
+            silence = options.hallucination_silence_threshold
+            silence = silence if options.word_timestamps else None
+            steps = session.gate.decide(session.tagger, *session.current, silence)
+            if steps:
+                return session.gate.skip(steps, tokenizer.timestamp_begin, options.temperatures[0])
+        return super().generate_with_fallback(encoder_output, prompt, tokenizer, options)
+
     def generate_segments(self, features, *args, **kwargs):
         session = active_session(self)  # runs at the first next(), inside the session
         if session is not None:
@@ -126,15 +140,20 @@ class TaggingMixin:
     # --- transcription ----------------------------------------------------------------------
 
     def transcribe(self, audio, *args, at_time_res: float = 10, at_fill_gaps: bool = False,
+                   at_speech_gate: Optional[float] = None, at_segment_info: bool = False,
                    **kwargs):  # fmt: skip
         """FW's ``transcribe`` (same arguments, same lazy ``(segments, info)``), with ``info``
         a :class:`~whisper_at.faster.TaggedTranscriptionInfo`: ``info.audio_tag`` once the
         segments are consumed. ``at_time_res``: seconds per tag row (a multiple of 0.4).
         ``at_fill_gaps=True`` also tags the stretches FW did not decode (removed by
         ``vad_filter``, outside ``clip_timestamps``) with extra encoder passes; by default
-        rows there are NaN."""
+        rows there are NaN. ``at_speech_gate=P`` / ``at_segment_info=True``: the speech gate
+        and per-segment evidence of ``whisper_at.transcribe`` (docs/gate.md; with
+        ``vad_filter`` the gate drops segments but does not skip, VAD having chosen what to
+        decode); ``info.at_gate`` reports what the gate did."""
         fn = super().transcribe.__func__
-        return run(self, fn, self, audio, args, kwargs, at_time_res, at_fill_gaps)
+        return run(self, fn, self, audio, args, kwargs, at_time_res, at_fill_gaps,
+                   at_speech_gate, at_segment_info)
 
 
 _SIGNATURE = inspect.signature(faster_whisper.WhisperModel.__init__)

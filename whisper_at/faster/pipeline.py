@@ -30,8 +30,9 @@ class BatchedInferencePipeline(faster_whisper.BatchedInferencePipeline):
             session.batch = None
 
     def transcribe(self, audio, *args, at_time_res: float = 10, at_fill_gaps: bool = False,
-                   **kwargs):  # fmt: skip
+                   at_speech_gate=None, at_segment_info: bool = False, **kwargs):  # fmt: skip
         """FW's batched ``transcribe`` (same arguments and lazy results) with tags in
         ``info.audio_tag``; see :meth:`whisper_at.faster.WhisperModel.transcribe`."""
         fn = super().transcribe.__func__
-        return run(self.model, fn, self, audio, args, kwargs, at_time_res, at_fill_gaps)
+        return run(self.model, fn, self, audio, args, kwargs, at_time_res, at_fill_gaps,
+                   at_speech_gate, at_segment_info)

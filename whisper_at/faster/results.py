@@ -12,6 +12,8 @@ from typing import Iterable, Optional
 from faster_whisper.transcribe import Segment, TranscriptionInfo
 from torch import Tensor
 
+from .. import gate
+
 
 @dataclass
 class TaggedTranscriptionInfo(TranscriptionInfo):
@@ -45,6 +47,27 @@ class TaggedTranscriptionInfo(TranscriptionInfo):
                 "(e.g. segments = list(segments)); FW makes them lazily"
             )
         return self._session.audio_tag
+
+    @property
+    def at_gate(self) -> Optional[dict]:
+        """What the speech gate skipped and dropped (``at_speech_gate``), as
+        ``whisper_at.transcribe``'s ``result["at_gate"]``; None without the gate."""
+        self.audio_tag  # noqa: B018 - raises until the segments are consumed
+        return self._session.at_gate
+
+    def segment_info(self, segment) -> dict:
+        """A segment's evidence (``at_speech_prob``, ``at_events``, ``at_hallucination``; rules
+        in docs/gate.md), from the final tags."""
+        audio_tag, session = self.audio_tag, self._session
+        if audio_tag is None:
+            raise RuntimeError("segment evidence needs an audio-tagging head")
+        threshold = gate.DEFAULT_FLAG_THRESHOLD if session.gate is None else session.gate.threshold
+        start, end, text = (segment[k] if isinstance(segment, dict) else getattr(segment, k)
+                            for k in ("start", "end", "text"))  # fmt: skip
+        segment = {"start": float(start), "end": float(end), "text": text}
+        return gate.segment_evidence(segment, audio_tag,
+                                     gate.speech_probability(audio_tag),
+                                     session.tagger.res_frames, threshold)  # fmt: skip
 
 
 def _word(word) -> dict:
@@ -84,4 +107,9 @@ def to_whisper_result(segments: Iterable[Segment], info: TranscriptionInfo) -> d
     if isinstance(info, TaggedTranscriptionInfo) and info.audio_tag is not None:
         result["audio_tag"] = info.audio_tag
         result["at_time_res"] = info.at_time_res
+        if info.at_gate is not None:
+            result["at_gate"] = info.at_gate
+        if info._session.segment_info:
+            for segment in result["segments"]:
+                segment.update(info.segment_info(segment))
     return result

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from faster_whisper.audio import decode_audio, pad_or_trim
 
+from .. import gate
 from ..tagging import ChunkTagger, check_at_time_res
+from .gating import FasterGate
 from .results import TaggedTranscriptionInfo
 from .timeline import HOP_LENGTH, FeatureLocator, Timeline
 
@@ -66,7 +68,8 @@ class _Window:
 class Session:
     """Tag rows of one transcription (``model`` has the :class:`TaggingMixin`)."""
 
-    def __init__(self, model, audio: np.ndarray, at_time_res: float, fill_gaps: bool):
+    def __init__(self, model, audio: np.ndarray, at_time_res: float, fill_gaps: bool,
+                 speech_gate: Optional[float] = None, segment_info: bool = False):  # fmt: skip
         self.model = model
         self.n_frames = audio.shape[0] // HOP_LENGTH  # mel frames of the original audio
         self.at_time_res = at_time_res
@@ -83,6 +86,10 @@ class Session:
         self.pending: Deque[tuple] = deque()  # (pooled or its future, places), in order
         self.audio_tag = None
         self.finished = False
+        self.gate = FasterGate(speech_gate) if speech_gate is not None else None
+        self.segment_info = segment_info
+        self.at_gate: Optional[dict] = None
+        self.current: Optional[tuple] = None  # sequential decoding: (seek, frames) being decoded
 
     def speech_timestamps(self, fn):
         """FW's ``get_speech_timestamps``, recording the speech chunks VAD keeps."""
@@ -110,6 +117,8 @@ class Session:
         if record and not window.recorded:
             window.recorded = True
             places = self._places(features)
+            if self.batch is None:  # the window the gate decides on (identity timeline)
+                self.current = (places[0][1] // HOP_LENGTH, places[0][2]) if places else None
             if window.pooled is None:  # exact mode: the tagging pass runs beside FW's decoding
                 if self.worker is None:
                     self.worker = ThreadPoolExecutor(1, thread_name_prefix="whisper-at-tags")
@@ -132,6 +141,10 @@ class Session:
             warnings.warn(f"audio tagging skipped one window: {e}", stacklevel=4)
             return []
         return [(0, seek * HOP_LENGTH, valid)]
+
+    def flush(self):
+        """Wait until every window encoded so far has reached the tagger."""
+        self._apply(block=True)
 
     def _apply(self, block: bool):
         """Hand the encoded windows to the tagger, in order (those whose pass has finished;
@@ -169,6 +182,8 @@ class Session:
             if self.audio is not None:
                 self._fill_gaps()
             self.audio_tag = self.tagger.finish()
+            if self.gate is not None:
+                self.at_gate = self.gate.report(self.audio_tag, self.tagger.res_frames)
         self.audio = None
         self.window = None
         self.locator = None
@@ -202,7 +217,8 @@ def _rebound(fn, session: Session):
 
 
 def _segments(model, session: Session, segments) -> Iterator:
-    """FW's lazy segments, with the session active while each one is made."""
+    """FW's lazy segments, with the session active while each one is made; with the speech
+    gate, the segments lying wholly inside non-speech rows are left out."""
     segments = iter(segments)
     while True:
         with activated(model, session):
@@ -210,21 +226,29 @@ def _segments(model, session: Session, segments) -> Iterator:
                 segment = next(segments)
             except StopIteration:
                 break
+            if session.gate is not None and not session.gate.keep(segment, session.tagger):
+                continue
         yield segment
     session.finish()
 
 
-def run(model, transcribe, owner, audio, args, kwargs, at_time_res, fill_gaps):
+def run(model, transcribe, owner, audio, args, kwargs, at_time_res, fill_gaps,
+        speech_gate=None, segment_info=False):  # fmt: skip
     """``transcribe(owner, audio, *args, **kwargs)`` (FW's function) with tagging: returns
     (lazy segments, :class:`TaggedTranscriptionInfo`)."""
     at_time_res = check_at_time_res(at_time_res)
+    if speech_gate is not None:
+        speech_gate = gate.check_threshold(speech_gate)
+        gate.check_head(model.at_model)
+    if segment_info:
+        gate.check_head(model.at_model, "at_segment_info")
     if not isinstance(fill_gaps, bool):
         raise TypeError(f"at_fill_gaps must be True or False, got {fill_gaps!r}")
     if not isinstance(audio, np.ndarray):
         audio = decode_audio(audio, sampling_rate=model.feature_extractor.sampling_rate)
     if audio.ndim != 1:
         raise ValueError(f"audio must be a 1-D waveform, got shape {audio.shape}")
-    session = Session(model, audio, at_time_res, fill_gaps)
+    session = Session(model, audio, at_time_res, fill_gaps, speech_gate, segment_info)
     if "get_speech_timestamps" not in transcribe.__globals__ and kwargs.get("vad_filter"):
         warnings.warn(
             f"{transcribe.__qualname__} is not faster-whisper's: VAD chunks cannot be mapped "
