@@ -119,8 +119,9 @@ def test_one_pass_tags_equal_whisper_at_on_the_same_windows(fw_one_pass, one_pas
     """Same mel windows (FW's numpy mel) through whisper_at's model and ChunkTagger."""
     segments, info = one_pass_long
     features = fw_one_pass.feature_extractor(long_audio)
-    seeks = sorted({segment.seek for segment in segments})
-    assert len(seeks) >= 3
+    # the windows FW encoded and decoded (a window can yield no segment)
+    seeks = [round(start * 100) for start, _ in info.at_windows]
+    assert len(seeks) >= 3 and set(seeks) >= {segment.seek for segment in segments}
     expected = _expected_rows(tiny_at, features, seeks, len(long_audio) // 160, 10)
     torch.testing.assert_close(info.audio_tag, expected, atol=1e-4, rtol=1e-4)
     # end to end, against whisper_at.transcribe on openai-whisper's (torch) mel: the rows

@@ -12,7 +12,7 @@ import ctranslate2
 from whisper.utils import format_timestamp
 
 from .. import outputs
-from ..cli import describe_failure, error, report
+from ..options import describe_failure, error, report
 from . import BatchedInferencePipeline, WhisperModel, to_whisper_result
 
 # openai-whisper's name -> faster-whisper's

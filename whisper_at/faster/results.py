@@ -7,7 +7,7 @@ openai-whisper's ``transcribe`` returns, so its writers and ours take it unchang
 """
 
 from dataclasses import dataclass, fields
-from typing import Iterable, Optional
+from typing import Iterable, List, Optional, Tuple
 
 from faster_whisper.transcribe import Segment, TranscriptionInfo
 from torch import Tensor
@@ -47,6 +47,15 @@ class TaggedTranscriptionInfo(TranscriptionInfo):
                 "(e.g. segments = list(segments)); FW makes them lazily"
             )
         return self._session.audio_tag
+
+    @property
+    def at_windows(self) -> List[Tuple[float, float]]:
+        """(start, end) seconds of each window whose encoder features were tagged, in the audio
+        FW decoded (after ``vad_filter``, the concatenated speech), in the order encoded."""
+        self.audio_tag  # noqa: B018 - raises until the segments are consumed
+        rate = 16000
+        return [(start / rate, (start + 160 * frames) / rate)
+                for start, frames in self._session.windows]  # fmt: skip
 
     @property
     def at_gate(self) -> Optional[dict]:

@@ -89,6 +89,7 @@ class Session:
         self.gate = FasterGate(speech_gate) if speech_gate is not None else None
         self.segment_info = segment_info
         self.at_gate: Optional[dict] = None
+        self.windows: List[Tuple[int, int]] = []  # (filtered start sample, audio frames) tagged
         self.current: Optional[tuple] = None  # sequential decoding: (seek, frames) being decoded
 
     def speech_timestamps(self, fn):
@@ -164,6 +165,7 @@ class Session:
         """A window whose frame 0 is filtered sample ``start``, ``valid`` frames of audio."""
         if valid <= 0:
             return
+        self.windows.append((start, valid))
         if self.timeline.identity:  # exactly as whisper_at.transcribe
             self.tagger.add_window(round(start / HOP_LENGTH), layers, valid)
             return

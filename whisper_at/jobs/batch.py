@@ -20,7 +20,9 @@ from typing import Iterable, List, Optional
 from tqdm import tqdm
 from whisper.utils import optional_float, optional_int
 
-from ..cli import (
+from ..cli import transcribe_options, upstream_parser
+from ..formats.weights import head_mirror
+from ..options import (
     add_backend_options,
     add_tagging_options,
     backend_options,
@@ -31,10 +33,7 @@ from ..cli import (
     positive_int,
     report,
     tag_options,
-    transcribe_options,
-    upstream_parser,
 )
-from ..formats.weights import head_mirror
 from ..outputs import AT_FORMATS, TagOptions, have_matplotlib, write_outputs
 from .inputs import EXTENSIONS, common_root, find_inputs
 from .local_engine import TASKS, BatchOptions

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from whisper.audio import SAMPLE_RATE
 
-from ..cli import describe_failure
 from ..labels import NUM_CLASSES, label_names
 from ..mel import MelWindows
+from ..options import describe_failure
 from ..outputs import TagOptions, active_classes, row_times, sound_events
 from ..tagging import ChunkTagger, default_batch_size
 

@@ -16,15 +16,8 @@ import torch
 from tqdm import tqdm
 from whisper.utils import optional_int, str2bool
 
-from ..cli import (
-    PROG,
-    add_tagging_options,
-    batch_size_arg,
-    error,
-    load_tagging_model,
-    report,
-    tag_options,
-)
+from ..cli import load_tagging_model
+from ..options import PROG, add_tagging_options, batch_size_arg, error, report, tag_options
 from ..outputs import TagOptions
 from .inputs import EXTENSIONS, find_audio
 from .local_engine import BatchOptions, Decoded, decode_ahead, process

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from ..audio_io import load_audio
-from ..cli import positive_int
 from ..mel import MelWindows
+from ..options import positive_int
 from .common import clip_id, default_device, list_audio, load_backbone
 from .labelsets import read_labels
 from .store import FeatureWriter

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ..audio_io import load_audio
-from ..cli import positive_int
+from ..options import positive_int
 from .common import clip_id, list_audio, load_backbone, plot_lines, write_json
 from .labelsets import read_labels
 
