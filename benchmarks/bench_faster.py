@@ -58,7 +58,8 @@ def runner(kind: str, model: str, args):
         net = faster_whisper.WhisperModel(directory, **options)
     else:
         mode = "exact" if kind == "exact" else "one_pass"
-        net = fwat.WhisperModel(directory, **options, at_head=head_state(model), at_encoder=mode)
+        net = fwat.WhisperModel(directory, **options, at_head=head_state(model), at_encoder=mode,
+                                at_compute_type=args.at_compute_type)
     if kind == "batched":
         net = faster_whisper.BatchedInferencePipeline(net)
     elif kind == "batched_tags":
@@ -109,7 +110,8 @@ def measure(model: str, audio_path: Path, args) -> dict:
     rss = {}
     child_args = ["--model", model, "--audio", str(audio_path), "--beam_size",
                   str(args.beam_size), "--batch_size", str(args.batch_size), "--cpu_threads",
-                  str(args.cpu_threads), "--threads", str(args.threads)]  # fmt: skip
+                  str(args.cpu_threads), "--threads", str(args.threads),
+                  "--at_compute_type", args.at_compute_type]  # fmt: skip
     for kind in QUICK_RSS if args.quick else VARIANTS:
         rss[kind] = common.run_child(Path(__file__), ["--child", kind, *child_args])["peak"]
     return {
@@ -132,11 +134,14 @@ def main():
     parser.add_argument("--beam_size", type=int, default=1, help="1: greedy (default)")
     parser.add_argument("--batch_size", type=int, default=8, help="batched pipeline's batch")
     parser.add_argument("--cpu_threads", type=int, default=0, help="CTranslate2 threads")
+    parser.add_argument("--at_compute_type", default="auto",
+                        help="the tagging encoder's precision (auto: bfloat16 where native)")
     common.add_child_args(parser, choices=VARIANTS)
     args = common.parse_args(parser, child)
     if args is None:
         return
-    print(f"# bench_faster; {common.machine()}; beam_size {args.beam_size}")
+    print(f"# bench_faster; {common.machine()}; beam_size {args.beam_size}; tagging encoder "
+          f"{args.at_compute_type}")
     rows, rss_rows, summary = [], [], []
     for model in args.models:
         audio_path = common.make_audio(args.seconds)

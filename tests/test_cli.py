@@ -86,6 +86,7 @@ def test_options_and_defaults_are_upstreams(monkeypatch):
         "--at_speech_gate": "None", "--at_segment_info": "False",
         "--backend": "openai-whisper", "--compute_type": "default",
         "--vad_filter": "False", "--batch_size": "None", "--at_encoder": "one_pass",
+        "--at_compute_type": "auto",
         "--at_fill_gaps": "False",
     }
 
@@ -102,15 +103,23 @@ def _upstream_cli():
     ids=["defaults", "words"],
 )
 def test_whisper_outputs_byte_identical(
-    monkeypatch, tmp_path, tiny_en_no_heads, tiny_head_file, speech_wav, options
+    monkeypatch, tmp_path, capsys, tiny_en_no_heads, tiny_head_file, speech_wav, options
 ):
     common = [str(speech_wav), "--model", str(tiny_en_no_heads)] + options
     monkeypatch.setattr(sys, "argv", ["whisper"] + common + ["-o", str(tmp_path / "whisper")])
     torch.manual_seed(0)
     _upstream_cli()()
+    upstream_printed = capsys.readouterr().out
     torch.manual_seed(0)
     ours = common + ["-o", str(tmp_path / "ours"), "--at_head", str(tiny_head_file)]
     assert cli.main(ours) == 0
+    printed = capsys.readouterr().out
+    if "--verbose" not in options:  # verbose: the transcript as whisper prints it, then the tags
+        transcript, events = printed.split("Sound events:\n")
+        assert transcript.endswith(upstream_printed)
+        tags = json.loads((tmp_path / "ours" / "speech.tags.json").read_text())
+        labels = ", ".join(label for label, _ in tags["parsed"][0]["audio tags"])
+        assert events == f"[00:00.000 --> 00:0{tags['duration']:.3f}] {labels}\n"
     for ext in UPSTREAM_OUTPUTS:
         expected = (tmp_path / "whisper" / f"speech.{ext}").read_bytes()
         assert expected, ext

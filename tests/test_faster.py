@@ -41,13 +41,15 @@ def fw_plain(tiny_dir):
 
 @pytest.fixture(scope="module")
 def fw_one_pass(tiny_dir, tiny_head_file):
-    return WhisperModel(tiny_dir, device="cpu", compute_type="int8", at_head=str(tiny_head_file))
+    # float32: its tags are compared with whisper_at's (float32) to float tolerance
+    return WhisperModel(tiny_dir, device="cpu", compute_type="int8", at_head=str(tiny_head_file),
+                        at_compute_type="float32")
 
 
 @pytest.fixture(scope="module")
 def fw_exact(tiny_dir, tiny_head_file):
     return WhisperModel(tiny_dir, compute_type="int8", at_head=str(tiny_head_file),
-                        at_encoder="exact")  # fmt: skip
+                        at_encoder="exact", at_compute_type="float32")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +133,36 @@ def test_one_pass_tags_equal_whisper_at_on_the_same_windows(fw_one_pass, one_pas
     assert reference.shape == info.audio_tag.shape
     similarity = torch.nn.functional.cosine_similarity(reference, info.audio_tag, dim=1)
     assert similarity.min() > 0.995, similarity
+
+
+def test_auto_compute_type(tiny_dir, tiny_head_file, fw_one_pass, plain_long, long_audio):
+    """The default tagging encoder: bfloat16 on CPUs that compute it natively (else float32),
+    close to float32 in features, tags and text."""
+    import jiwer
+
+    from whisper_at.faster.encoder import native_bfloat16
+
+    auto = WhisperModel(tiny_dir, compute_type="int8", at_head=str(tiny_head_file))
+    expected = torch.bfloat16 if native_bfloat16() else torch.float32
+    assert auto.at_torch_encoder.compute_dtype == expected
+    features = auto.feature_extractor(long_audio)[None, :, :3000]
+    out32, pooled32 = fw_one_pass.at_torch_encoder(features)
+    out, pooled = auto.at_torch_encoder(features)
+    assert out.dtype == pooled.dtype == torch.float32
+    for layer in range(pooled.shape[1]):  # the last layer has a few large, rounded values
+        error = (pooled[0, layer] - pooled32[0, layer]).norm() / pooled32[0, layer].norm()
+        assert error < 0.1, (layer, error)
+    difference = (auto.at_model(pooled[0]) - fw_one_pass.at_model(pooled32[0])).abs()
+    assert difference.max() < 0.1 and difference.mean() < 0.02, difference
+    segments, info = _run_fw(auto, long_audio, **GREEDY)
+    text = " ".join(s.text for s in segments)
+    assert jiwer.wer(" ".join(s.text for s in plain_long[0]), text) < 0.1
+    assert info.audio_tag.shape == (math.ceil(len(long_audio) / 16000 / 10), 527)
+    for bad in ("int8", "float64"):
+        with pytest.raises(ValueError, match="at_compute_type must be one of"):
+            WhisperModel(tiny_dir, compute_type="int8", at_head=False, at_compute_type=bad)
+    with pytest.raises(ValueError, match="'float16' needs CUDA"):
+        WhisperModel(tiny_dir, compute_type="int8", at_head=False, at_compute_type="float16")
 
 
 def test_one_pass_text_close_to_faster_whisper(plain_long, one_pass_long):

@@ -322,3 +322,21 @@ def test_cli_gate_on_the_faster_whisper_backend(ct2_tiny_en_dir, speech_head_fil
     assert document["at_gate"]["windows_skipped"] >= 1
     assert all("at_hallucination" in s for s in document["segments"])
     assert "kitchen" in _words(document["text"])
+
+
+def test_batch_job_passes_the_gate_on(tiny_en_pt, speech_head_file, gate_wav, tmp_path, capsys):
+    from whisper_at.jobs import batch
+    from whisper_at.jobs.shards import read_results
+
+    path, _ = gate_wav
+    common = ["--model", str(tiny_en_pt), "--at_head", str(speech_head_file), "--fp16", "False",
+              "--verbose", "False"]
+    assert batch.main([str(path), str(tmp_path / "out"), "--task", "transcribe",
+                       "--at_speech_gate", "0.5", "--at_segment_info", *common]) == 0
+    (record,) = read_results(str(tmp_path / "out")).values()
+    assert record["at_gate"]["windows_skipped"] >= 1
+    assert all("at_speech_prob" in s for s in record["segments"])
+    with pytest.raises(SystemExit):
+        batch.main([str(path), str(tmp_path / "tags"), "--task", "tag", "--at_speech_gate", "0.5",
+                    *common])
+    assert "not with --task tag" in capsys.readouterr().err

@@ -29,6 +29,7 @@ from .options import (
     backend_options,
     describe_failure,
     error,
+    print_events,
     report,
     tag_options,
 )
@@ -237,6 +238,8 @@ def transcribe_files(parser: argparse.ArgumentParser, args: dict) -> int:
             if audio.size == 0:
                 raise ValueError(f"{audio_path}: audio is empty (0 samples decoded)")
             result = transcribe(model, audio, at_time_res=time_res, **args)
+            if args.get("verbose"):
+                print_events(result, audio.shape[-1] / SAMPLE_RATE, options)
             outputs.write_outputs(
                 result,
                 audio_path,

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from .outputs import TagOptions
+from .outputs import TagOptions, event_lines
 
 PROG = "whisper-at"
 
@@ -132,6 +132,9 @@ def add_backend_options(parser: argparse.ArgumentParser, batch_size: bool = True
     add("--at_encoder", choices=("one_pass", "exact"), default="one_pass",
         help="faster-whisper: one_pass (the tagging encoder feeds the decoder) or exact (FW's "
         "own encoder for the text, identical to plain faster-whisper)")
+    add("--at_compute_type", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+        help="faster-whisper: precision of the tagging encoder (auto: float16 on CUDA, bfloat16 "
+        "on CPUs that compute it natively, else float32)")
     add("--at_fill_gaps", type=str2bool, default=False,
         help="faster-whisper: also tag the audio it did not decode (VAD gaps), extra passes")
     return group
@@ -140,7 +143,8 @@ def add_backend_options(parser: argparse.ArgumentParser, batch_size: bool = True
 def backend_options(parser: argparse.ArgumentParser, args: dict, batch_size: bool = True) -> dict:
     """Pop the backend options out of parsed arguments; faster-whisper options given with the
     openai-whisper backend are a usage error."""
-    names = ["backend", "compute_type", "vad_filter", "at_encoder", "at_fill_gaps"]
+    names = ["backend", "compute_type", "vad_filter", "at_encoder", "at_compute_type",
+             "at_fill_gaps"]
     backend = {name: args.pop(name) for name in names + ["batch_size"] * batch_size}
     if backend["backend"] == "openai-whisper":
         for name, value in backend.items():
@@ -183,3 +187,10 @@ def report(done: int, failed: List[str], noun: str = "file") -> int:
         return 1
     error(f"{len(failed)} of {total} {noun}s failed: {', '.join(failed)}")
     return 0
+
+
+def print_events(result: dict, duration: float, options) -> None:
+    """With ``--verbose True``: the sound events of each tag row, after the transcript."""
+    if result.get("audio_tag") is not None:
+        print("Sound events:", *event_lines(result, duration, options), sep="\n",
+              flush=True)

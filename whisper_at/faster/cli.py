@@ -12,7 +12,7 @@ import ctranslate2
 from whisper.utils import format_timestamp
 
 from .. import outputs
-from ..options import describe_failure, error, report
+from ..options import describe_failure, error, print_events, report
 from . import BatchedInferencePipeline, WhisperModel, to_whisper_result
 
 # openai-whisper's name -> faster-whisper's
@@ -56,6 +56,7 @@ def load_model(name: str, device: Optional[str], model_dir: Optional[str], backe
         at_head=backend.get("at_head"), at_low_compute=backend.get("at_low_compute", False),
         at_encoder=backend.get("at_encoder", "one_pass"),
         at_head_mirror=backend.get("at_head_mirror"),
+        at_compute_type=backend.get("at_compute_type", "auto"),
     )  # fmt: skip
 
 
@@ -103,6 +104,8 @@ def transcribe_files(model, args: dict, backend: dict, output_dir: str, output_f
             if audio.size == 0:
                 raise ValueError(f"{audio_path}: audio is empty (0 samples decoded)")
             result = transcribe(model, audio, decode, time_res, verbose=verbose)
+            if verbose:
+                print_events(result, audio.shape[-1] / 16000, options)
             outputs.write_outputs(result, audio_path, output_dir, output_format, writer_args,
                                   options, duration=audio.shape[-1] / 16000)  # fmt: skip
             done += 1

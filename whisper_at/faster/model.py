@@ -58,9 +58,11 @@ class TaggingMixin:
         self,
         model_dir: str,
         name: str,
+        *,
         at_head=None,
         at_low_compute: bool = False,
         at_encoder: str = "one_pass",
+        at_compute_type: str = "auto",
         at_download_root: Optional[str] = None,
         at_head_mirror: Optional[str] = None,
     ):
@@ -71,7 +73,8 @@ class TaggingMixin:
         root = at_download_root or weights.default_cache_dir()
         state = _load_head_state(_head_name(name), at_low_compute, at_head, root, at_head_mirror)
         device = torch_device(self.model)
-        encoder = TorchEncoder(model_dir, device, ct2_activation(self.model.compute_type))
+        encoder = TorchEncoder(model_dir, device, ct2_activation(self.model.compute_type),
+                               at_compute_type)  # fmt: skip
         dims = encoder.dims
         if dims["n_mels"] != self.model.n_mels:
             raise ValueError(
@@ -165,14 +168,15 @@ class WhisperModel(TaggingMixin, faster_whisper.WhisperModel):
     Takes FW's arguments (model name or CTranslate2 directory, device, compute_type,
     cpu_threads, ...) plus ``at_head`` (a head checkpoint path or state dict; default: the
     official head of a model name; ``False``: none), ``at_low_compute`` (TL-TR-512 head),
-    ``at_encoder`` ("one_pass" or "exact"), ``at_head_mirror`` (see ``whisper_at.load_model``)
-    and ``at_download_root`` (where official heads are
-    cached; default openai-whisper's model cache).
+    ``at_encoder`` ("one_pass" or "exact"), ``at_compute_type`` (the tagging encoder's
+    precision: "auto", "float32", "bfloat16", "float16"; see docs/faster.md),
+    ``at_head_mirror`` (see ``whisper_at.load_model``) and ``at_download_root`` (where official
+    heads are cached; default openai-whisper's model cache).
     """
 
     def __init__(self, model_size_or_path: str, *args, at_head=None, at_low_compute=False,
-                 at_encoder="one_pass", at_download_root=None, at_head_mirror=None,
-                 **kwargs):  # fmt: skip
+                 at_encoder="one_pass", at_compute_type="auto", at_download_root=None,
+                 at_head_mirror=None, **kwargs):  # fmt: skip
         bound = _SIGNATURE.bind(self, model_size_or_path, *args, **kwargs)
         bound.apply_defaults()
         options = dict(bound.arguments)
@@ -192,8 +196,11 @@ class WhisperModel(TaggingMixin, faster_whisper.WhisperModel):
         options["model_size_or_path"] = model_dir
         extra = options.pop("model_kwargs", {})
         super().__init__(**options, **extra)
-        self._setup_tagging(model_dir, os.fspath(model_size_or_path), at_head, at_low_compute,
-                            at_encoder, at_download_root, at_head_mirror)  # fmt: skip
+        self._setup_tagging(
+            model_dir, os.fspath(model_size_or_path), at_head=at_head,
+            at_low_compute=at_low_compute, at_encoder=at_encoder, at_compute_type=at_compute_type,
+            at_download_root=at_download_root, at_head_mirror=at_head_mirror,
+        )  # fmt: skip
 
 
 _TAGGING_CLASSES = {}
@@ -207,6 +214,7 @@ def enable_tagging(
     at_encoder: str = "one_pass",
     at_download_root: Optional[str] = None,
     at_head_mirror: Optional[str] = None,
+    at_compute_type: str = "auto",
 ) -> faster_whisper.WhisperModel:
     """Add tagging to an FW model object built elsewhere, in place, and return it.
 
@@ -224,8 +232,11 @@ def enable_tagging(
         _TAGGING_CLASSES[cls] = type(f"Tagging{cls.__name__}", (TaggingMixin, cls), {})
     model.__class__ = _TAGGING_CLASSES[cls]
     try:
-        model._setup_tagging(model_dir, os.fspath(model_path), at_head, at_low_compute,
-                             at_encoder, at_download_root, at_head_mirror)  # fmt: skip
+        model._setup_tagging(
+            model_dir, os.fspath(model_path), at_head=at_head, at_low_compute=at_low_compute,
+            at_encoder=at_encoder, at_compute_type=at_compute_type,
+            at_download_root=at_download_root, at_head_mirror=at_head_mirror,
+        )  # fmt: skip
     except BaseException:
         model.__class__ = cls
         raise

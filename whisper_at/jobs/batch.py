@@ -24,6 +24,7 @@ from ..cli import transcribe_options, upstream_parser
 from ..formats.weights import head_mirror
 from ..options import (
     add_backend_options,
+    add_gate_options,
     add_tagging_options,
     backend_options,
     batch_size_arg,
@@ -191,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     formats.default = "none"
     formats.help = "per-file outputs beside the shards (tag task: tags, events or png)"
     add_tagging_options(parser, captions=True)
+    add_gate_options(parser)
     add_backend_options(parser, batch_size=False)
 
     group = parser.add_argument_group("batch")
@@ -239,6 +241,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     backend = backend_options(parser, args, batch_size=False)
     if task == "tag" and backend["backend"] != "openai-whisper":
         parser.error("--task tag runs the tagging encoder only: --backend applies to transcribe")
+    gate = {name: args.pop(name) for name in ("at_speech_gate", "at_segment_info")}
+    if task != "tag":  # transcribe options (docs/gate.md)
+        args.update(gate)
+    elif gate["at_speech_gate"] is not None or gate["at_segment_info"]:
+        parser.error("--at_speech_gate and --at_segment_info steer transcription: not with "
+                     "--task tag")
     model = {name: args.pop(name) for name in MODEL_OPTIONS}
     model["at_head_mirror"] = head_mirror(model["at_head_mirror"])  # the env var's, for Ray
     engine, extensions = args.pop("engine"), args.pop("extensions").split(",")

@@ -299,6 +299,8 @@ def file_record(item: Decoded, result: dict, options: BatchOptions) -> dict:
         line.update(
             language=result["language"], text=result["text"], segments=result["segments"]
         )
+        if "at_gate" in result:
+            line["at_gate"] = result["at_gate"]
     return line
 
 

@@ -21,6 +21,7 @@ from .events import (
     TagOptions,
     active_classes,
     event_classes,
+    event_lines,
     events_tsv_rows,
     row_times,
     sound_events,
@@ -37,7 +38,7 @@ AT_FORMATS = {"tags": ("tags.json", "tags.tsv"), "events": ("events.tsv",),
 UPSTREAM_FORMATS = ("txt", "vtt", "srt", "tsv", "json")
 AT_KEYS = ("audio_tag", "at_time_res", "audio_features_for_at")
 
-__all__ = ["AT_FORMATS", "TagOptions", "active_classes", "captions", "event_classes",
+__all__ = ["AT_FORMATS", "TagOptions", "active_classes", "captions", "event_classes", "event_lines",
            "have_matplotlib", "row_times", "sdh_cues", "sound_events", "speech_cues",
            "tags_document", "write_outputs"]  # fmt: skip
 

@@ -4,6 +4,7 @@
 from typing import Dict, List, NamedTuple, Sequence, Tuple
 
 import torch
+from whisper.utils import format_timestamp
 
 from ..gate import SPEECH_NAMES
 from ..labels import NUM_CLASSES, label_index, label_names, parse_at_label
@@ -128,3 +129,19 @@ def write_tsv(path: str, header: Sequence[str], rows: List[tuple]):
     with open(path, "w", encoding="utf-8") as f:
         for row in [tuple(header)] + rows:
             print(*(str(v).replace("\t", " ") for v in row), sep="\t", file=f)
+
+
+def event_lines(result: dict, duration: float, options: TagOptions) -> List[str]:
+    """The console view of the tags (``whisper-at --verbose True``): a line per row, its time
+    span and the classes ``parse_at_label`` keeps ("-": none; rows not analysed say so)."""
+    parsed = parse_at_label(
+        result, label_language(result, options), options.top_k, options.threshold
+    )
+    analysed = ~result["audio_tag"].isnan().all(dim=1)
+    lines = []
+    for (start, end), chunk, seen in zip(row_times(len(parsed), result["at_time_res"], duration),
+                                         parsed, analysed.tolist()):  # fmt: skip
+        tags = ", ".join(label for label, _ in chunk["audio tags"]) or "-"
+        span = f"[{format_timestamp(start)} --> {format_timestamp(end)}]"
+        lines.append(f"{span} {tags if seen else '(not analysed)'}")
+    return lines
