@@ -107,7 +107,7 @@ from .model import WhisperAT  # noqa: E402
 from .tagging import tag  # noqa: E402
 from .transcribe import transcribe  # noqa: E402
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 
 
 def available_heads():
