@@ -354,7 +354,7 @@ def test_base_language_detection_encodes_the_first_window_once(fw_base_dir, base
 def test_enable_tagging_on_a_plain_model_equals_whisper_model(tiny_dir, tiny_head_file,
                                                               fw_one_pass, speech_wav):  # fmt: skip
     model = enable_tagging(faster_whisper.WhisperModel(tiny_dir, compute_type="int8"), tiny_dir,
-                           at_head=str(tiny_head_file))  # fmt: skip
+                           at_head=str(tiny_head_file), at_compute_type="float32")  # fmt: skip
     assert model.has_at_head and model.at_encoder == "one_pass"
     a, info_a = _run_fw(model, str(speech_wav))
     b, info_b = _run_fw(fw_one_pass, str(speech_wav))

@@ -99,7 +99,6 @@ class _CachedWindow:
         self.sdpa = _sdpa()
         self.features = features
         self.pooled = pooled
-        self.recorded = False
 
 
 class _WindowCache:
@@ -208,8 +207,7 @@ class WhisperAT(Whisper):
         if window is None:
             window = _CachedWindow(batch, *self.embed_audio_with_layers(batch))
             session.cache.put(window)
-        if record and not window.recorded:
-            window.recorded = True
+        if record:  # also a cached window: the same content may sit at another place
             for segment, pooled in zip(batch, window.pooled):
                 session.on_window(segment, pooled)
         return window.features[0] if single else window.features
@@ -250,7 +248,8 @@ class WhisperAT(Whisper):
 
     def open_session(self, on_window: Callable[[Tensor, Tensor], None], gate=None):
         """Start caching encoder windows in this thread; ``on_window(mel, pooled)`` sees each
-        window that ``decode`` encodes, once ([n_mels, 3000] and [n_layer, 75, d]).
+        window that ``decode`` encodes or takes from the cache, each time ([n_mels, 3000] and
+        [n_layer, 75, d]; a window retried at a higher temperature comes again).
         ``gate(mel, features, options)``, if given, runs before each window is decoded; a
         DecodingResult it returns is returned instead of decoding."""
         if self._session() is not None:

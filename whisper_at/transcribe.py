@@ -6,7 +6,9 @@ it decodes, encodes it once (with the pooled tap) and hands each new window to a
 full log-mel that transcribe computes: the function is rebound with a ``log_mel_spectrogram``
 that records its result (same code object, private globals; nothing global is patched). That
 log-mel is made by :func:`whisper_at.mel.log_mel_spectrogram`: the same values, a chunk at a time
-(no audio-length STFT transients).
+(no audio-length STFT transients). Its ``pad_or_trim`` is rebound too: the window it is given
+is a view into that log-mel, so where it starts and how many frames of audio it holds are known
+exactly, even for windows whose content repeats (digital silence).
 """
 
 import importlib
@@ -15,8 +17,10 @@ import warnings
 from typing import Optional, Tuple, Union
 
 import numpy as np
+import torch
 from torch import Tensor
 from whisper.audio import N_FRAMES
+from whisper.audio import pad_or_trim as _pad_or_trim
 from whisper.tokenizer import get_tokenizer
 
 from . import gate
@@ -31,27 +35,50 @@ class _WindowLocator:
     def __init__(self):
         self.mel = None
         self.last_seek = 0
+        self.padded: Optional[Tuple[int, int]] = None  # (seek, frames) given to pad_or_trim
         self._cast = {}
 
     def capture(self, *args, **kwargs) -> Tensor:
         self.mel = log_mel_spectrogram(*args, **kwargs)
         return self.mel
 
+    def note(self, window) -> bool:
+        """Note where ``window``, about to be padded to 30 s, starts, if it is a view into the
+        full log-mel (it always is in transcribe's loop)."""
+        seek = self._view_offset(window)
+        if seek is not None:
+            self.padded = (seek, window.shape[-1])
+        return seek is not None
+
+    def pad_or_trim(self, array, *args, **kwargs):
+        """openai-whisper's ``pad_or_trim``, noting where the window it pads starts."""
+        self.note(array)
+        return _pad_or_trim(array, *args, **kwargs)
+
     @property
     def content_frames(self) -> int:
         return self.mel.shape[-1] - N_FRAMES
 
-    def locate(self, segment: Tensor) -> Tuple[int, int]:
-        """(seek, number of audio frames) of a decoded window."""
+    def _view_offset(self, segment) -> Optional[int]:
         mel = self.mel
         if (
-            segment.device == mel.device
+            mel is not None
+            and torch.is_tensor(segment)
+            and segment.device == mel.device
             and segment.dtype == mel.dtype
             and segment.stride() == mel.stride()
             and segment.untyped_storage().data_ptr() == mel.untyped_storage().data_ptr()
-        ):  # a full window is a view into the full log-mel
-            seek = segment.storage_offset() - mel.storage_offset()
+        ):
+            return segment.storage_offset() - mel.storage_offset()
+        return None
+
+    def locate(self, segment: Tensor) -> Tuple[int, int]:
+        """(seek, number of audio frames) of a decoded window."""
+        seek = self._view_offset(segment)
+        if seek is not None:  # a full window is a view into the full log-mel
             valid = segment.shape[-1]
+        elif self.padded is not None:  # a padded (or cast) copy of the window just noted
+            seek, valid = self.padded
         else:
             seek, valid = self._search(segment)
         self.last_seek = seek
@@ -74,14 +101,21 @@ class _WindowLocator:
         raise LookupError("decoded window not found in the log-mel spectrogram")
 
 
-def _rebound_transcribe(locator: _WindowLocator, **names):
-    fn = importlib.import_module("whisper.transcribe").transcribe
-    if "log_mel_spectrogram" not in fn.__globals__:  # pragma: no cover - upstream changed
-        raise RuntimeError("unsupported openai-whisper version: transcribe() has no log-mel seam")
-    scope = dict(fn.__globals__, log_mel_spectrogram=locator.capture, **names)
+def rebind(fn, **names):
+    """``fn`` with private globals in which ``names`` replace the module's (same code object;
+    nothing global is patched)."""
+    scope = dict(fn.__globals__, **names)
     bound = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__)
     bound.__kwdefaults__ = fn.__kwdefaults__
     return bound
+
+
+def _rebound_transcribe(locator: _WindowLocator, **names):
+    fn = importlib.import_module("whisper.transcribe").transcribe
+    if not {"log_mel_spectrogram", "pad_or_trim"} <= fn.__globals__.keys():  # pragma: no cover
+        raise RuntimeError("unsupported openai-whisper version: transcribe() has no log-mel seam")
+    return rebind(fn, log_mel_spectrogram=locator.capture, pad_or_trim=locator.pad_or_trim,
+                  **names)  # fmt: skip
 
 
 def transcribe(
@@ -121,7 +155,7 @@ def transcribe(
         gate.check_head(head, "at_segment_info")
     audio = as_audio(audio)
     locator = _WindowLocator()
-    taggers = []
+    taggers, tagged = [], set()  # the tagger, the seeks of the windows it has
 
     def new_tagger() -> ChunkTagger:
         return ChunkTagger(head, locator.content_frames, at_time_res, return_audio_features)
@@ -136,7 +170,9 @@ def transcribe(
         except LookupError as e:
             warnings.warn(f"audio tagging skipped one window: {e}", stacklevel=2)
             return
-        taggers[0].add_window(seek, pooled, valid)
+        if seek not in tagged:  # a window decoded again (temperature fallback) is tagged once
+            tagged.add(seek)
+            taggers[0].add_window(seek, pooled, valid)
 
     window_gate, names = None, {}
     if at_speech_gate is not None:

@@ -17,6 +17,7 @@ with it; :func:`enable_tagging` gives it to an FW model object built elsewhere (
 
 import inspect
 import os
+import types
 from typing import Optional
 
 import faster_whisper
@@ -25,7 +26,7 @@ from faster_whisper.utils import download_model
 from .. import _head_from_state, _load_head_state
 from ..formats import weights
 from .encoder import TorchEncoder, ct2_activation, torch_device
-from .session import active_session, run
+from .session import GENERATE_SEGMENTS, active_session, run
 from .timeline import FeatureLocator
 
 ENCODER_MODES = ("one_pass", "exact")
@@ -136,9 +137,12 @@ class TaggingMixin:
 
     def generate_segments(self, features, *args, **kwargs):
         session = active_session(self)  # runs at the first next(), inside the session
+        generate = super().generate_segments
         if session is not None:
             session.locator = FeatureLocator(features)
-        yield from super().generate_segments(features, *args, **kwargs)
+            if generate.__func__ is faster_whisper.WhisperModel.generate_segments:
+                generate = types.MethodType(GENERATE_SEGMENTS, self)  # notes its windows
+        yield from generate(features, *args, **kwargs)
 
     # --- transcription ----------------------------------------------------------------------
 

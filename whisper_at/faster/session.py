@@ -9,19 +9,20 @@ is handed, piece by piece of original audio, to a :class:`~whisper_at.tagging.Ch
 """
 
 import threading
-import types
 import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Deque, Iterator, List, Optional, Tuple
 
+import faster_whisper
 import numpy as np
 import torch
 from faster_whisper.audio import decode_audio, pad_or_trim
 
 from .. import gate
 from ..tagging import ChunkTagger, check_at_time_res
+from ..transcribe import rebind
 from .gating import FasterGate
 from .results import TaggedTranscriptionInfo
 from .timeline import HOP_LENGTH, FeatureLocator, Timeline
@@ -57,7 +58,7 @@ class _Window:
         self.mel = np.array(mel, dtype=np.float32, copy=True)
         self.output = output
         self.pooled = pooled
-        self.recorded = False
+        self.recorded = set()  # the places it was handed to the tagger for
 
     def matches(self, mel) -> bool:
         if torch.is_tensor(mel):
@@ -115,11 +116,11 @@ class Session:
         if window is None or not window.matches(features):
             pooled = record and not self.deferred
             window = self.window = _Window(features, *self.model._at_encode(features, pooled))
-        if record and not window.recorded:
-            window.recorded = True
-            places = self._places(features)
-            if self.batch is None:  # the window the gate decides on (identity timeline)
-                self.current = (places[0][1] // HOP_LENGTH, places[0][2]) if places else None
+        places = self._places(features) if record else []
+        if record and self.batch is None:  # the window the gate decides on (identity timeline)
+            self.current = (places[0][1] // HOP_LENGTH, places[0][2]) if places else None
+        if places and tuple(places) not in window.recorded:  # the same content may sit at
+            window.recorded.add(tuple(places))  # another place (digital silence)
             if window.pooled is None:  # exact mode: the tagging pass runs beside FW's decoding
                 if self.worker is None:
                     self.worker = ThreadPoolExecutor(1, thread_name_prefix="whisper-at-tags")
@@ -208,14 +209,25 @@ class Session:
 
 def _rebound(fn, session: Session):
     """``fn`` (FW's transcribe) with a private ``get_speech_timestamps`` that records the speech
-    chunks (same code object, private globals; nothing global is patched)."""
+    chunks."""
     if "get_speech_timestamps" not in fn.__globals__:
         return fn
-    scope = dict(fn.__globals__)
-    scope["get_speech_timestamps"] = session.speech_timestamps(scope["get_speech_timestamps"])
-    bound = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__)
-    bound.__kwdefaults__ = fn.__kwdefaults__
-    return bound
+    return rebind(fn, get_speech_timestamps=session.speech_timestamps(
+        fn.__globals__["get_speech_timestamps"]))  # fmt: skip
+
+
+def noting_pad_or_trim(array, *args, **kwargs):
+    """FW's ``pad_or_trim``, noting where the window it pads starts for the session running in
+    this thread (``generate_segments`` is rebound with it: :data:`GENERATE_SEGMENTS`)."""
+    for session in getattr(_ACTIVE, "sessions", {}).values():
+        if session.locator is not None and session.locator.note(array):
+            break
+    return pad_or_trim(array, *args, **kwargs)
+
+
+# FW's sequential decoding loop, with the noting pad_or_trim
+GENERATE_SEGMENTS = rebind(faster_whisper.WhisperModel.generate_segments,
+                           pad_or_trim=noting_pad_or_trim)  # fmt: skip
 
 
 def _segments(model, session: Session, segments) -> Iterator:

@@ -59,7 +59,8 @@ class FeatureLocator(_WindowLocator):
     """The mel frame (seek) at which a window of ``generate_segments`` starts in its features.
 
     A full window is a numpy view into the features (found by pointer arithmetic); a shorter
-    one is a zero-padded copy, found by exact content as for openai-whisper."""
+    one is a zero-padded copy of the view that FW's ``pad_or_trim`` was given and noted (see
+    :func:`noting_pad_or_trim`); failing both, it is found by exact content."""
 
     def __init__(self, features: np.ndarray):
         super().__init__()
@@ -70,9 +71,12 @@ class FeatureLocator(_WindowLocator):
     def content_frames(self) -> int:
         return self.array.shape[-1] - 1  # FW's features end with one frame of its padding
 
-    def _view_offset(self, segment: np.ndarray) -> Optional[int]:
+    def _view_offset(self, segment) -> Optional[int]:
+        if torch.is_tensor(segment):
+            segment = segment.cpu().numpy()
         full = self.array
-        if segment.dtype != full.dtype or segment.strides != full.strides:
+        if not isinstance(segment, np.ndarray) or segment.dtype != full.dtype \
+                or segment.strides != full.strides:  # fmt: skip
             return None
         delta = segment.__array_interface__["data"][0] - full.__array_interface__["data"][0]
         seek, rest = divmod(delta, full.strides[-1])
@@ -80,15 +84,7 @@ class FeatureLocator(_WindowLocator):
             return None
         return seek
 
-    def locate(self, segment) -> Tuple[int, int]:
-        """(seek, number of audio frames) of a window [n_mels, 3000]."""
+    def _search(self, segment) -> Tuple[int, int]:
         if torch.is_tensor(segment):
             segment = segment.cpu().numpy()
-        seek = self._view_offset(segment)
-        if seek is not None:
-            valid = segment.shape[-1]
-        else:
-            array = np.ascontiguousarray(segment, dtype=self.array.dtype)
-            seek, valid = self._search(torch.from_numpy(array))
-        self.last_seek = seek
-        return seek, min(valid, self.content_frames - seek)
+        return super()._search(torch.from_numpy(np.ascontiguousarray(segment, self.array.dtype)))
