@@ -384,12 +384,21 @@ def test_bad_arguments(tiny_dir, fw_plain, fw_one_pass, tiny_head_file, speech_w
         fw_one_pass.transcribe(str(speech_wav), at_fill_gaps="yes")
     with pytest.raises(ValueError, match="a file"):
         enable_tagging(faster_whisper.WhisperModel(tiny_dir), str(speech_wav))
-    assert not isinstance(fw_plain, whisper_at.faster.TaggingMixin)  # a failed call left it alone
+    with pytest.raises(ValueError, match="at_compute_type"):
+        WhisperModel(str(tmp_path / "not loaded: checked first"), at_compute_type="int8")
+    plain = faster_whisper.WhisperModel(tiny_dir, compute_type="int8")
+    with pytest.raises(FileNotFoundError, match="nowhere.pt"):
+        enable_tagging(plain, tiny_dir, at_head=str(tmp_path / "nowhere.pt"))
+    assert type(plain) is faster_whisper.WhisperModel  # a failed call left it alone
 
 
-def test_no_head_transcribes_without_tags(tiny_dir, speech_wav):
+def test_no_head_is_plain_faster_whisper(tiny_dir, fw_plain, speech_wav):
+    """Without a head nothing is tagged, and FW's own encoder makes the text (no torch pass)."""
     model = WhisperModel(tiny_dir, compute_type="int8", at_head=False)
-    result = to_whisper_result(*model.transcribe(str(speech_wav)))
+    assert not model.has_at_head and model.at_torch_encoder is None
+    segments, info = _run_fw(model, str(speech_wav))
+    _same_segments(_run_fw(fw_plain, str(speech_wav))[0], segments)
+    result = to_whisper_result(segments, info)
     assert "favorite" in result["text"] and "audio_tag" not in result
 
 

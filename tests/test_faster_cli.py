@@ -1,12 +1,14 @@
 """``whisper-at --backend faster-whisper``: the same output files from faster-whisper."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 from whisper.audio import SAMPLE_RATE
 
 from whisper_at import cli
+from whisper_at.faster.cli import fw_options
 
 FILES = ["txt", "srt", "vtt", "tsv", "json", "tags.json", "tags.tsv", "events.tsv", "sdh.srt",
          "sdh.vtt"]  # fmt: skip
@@ -42,11 +44,31 @@ def test_vad_and_batched_pipeline(tmp_path, fw_args, long_speech_wav, capsys):
     argv = [str(long_speech_wav)] + fw_args + ["--vad_filter", "True", "--at_time_res", "2",
                                                "--batch_size", "4", "--verbose", "True"]
     assert _run(argv, tmp_path) == 0
-    assert "] " in capsys.readouterr().out  # verbose: one line per segment
+    out = capsys.readouterr().out  # verbose: one line per segment, as openai-whisper prints
+    assert re.search(r"^\[\d\d:\d\d\.\d{3} --> \d\d:\d\d\.\d{3}\] .*favorite", out, re.M)
     tags = json.loads((tmp_path / "long_speech.tags.json").read_text())
     duration = tags["duration"]
     assert len(tags["chunks"]) == -(-round(duration * SAMPLE_RATE) // (2 * SAMPLE_RATE))
     assert "favorite color" in (tmp_path / "long_speech.txt").read_text()
+
+
+def test_batched_pipeline_defaults_and_long_clips(tmp_path, fw_args, long_speech_wav):
+    """--batch_size alone turns VAD on, as faster-whisper's pipeline does (else a file over 30 s
+    has nothing to cut it); a clip over 30 s is decoded whole, in pieces of 30 s."""
+    assert _run([str(long_speech_wav)] + fw_args + ["--batch_size", "4"], tmp_path / "vad") == 0
+    text = (tmp_path / "vad" / "long_speech.txt").read_text()
+    assert "Please call" in text and "listening" in text
+    # "5": from 5 s to the end, one clip of ~56 s
+    argv = [str(long_speech_wav)] + fw_args + ["--batch_size", "4", "--clip_timestamps", "5"]
+    assert _run(argv, tmp_path / "clip") == 0
+    text = (tmp_path / "clip" / "long_speech.txt").read_text()
+    assert "Please call" not in text and "museum" in text and "listening" in text
+
+
+def test_language_names_become_codes():
+    assert fw_options({"language": "French"}, {})["language"] == "fr"
+    assert fw_options({"language": "en"}, {})["language"] == "en"
+    assert fw_options({"language": None}, {})["language"] is None
 
 
 @pytest.mark.parametrize(

@@ -306,6 +306,19 @@ def test_faster_whisper_gate_with_vad_and_word_timestamps(fw_speech, gate_wav, m
     vad, _ = _run_fw(fw_speech, path, monkeypatch, at_speech_gate=P, vad_filter=True)
     assert vad["at_gate"]["skipped"] == [] and vad["at_gate"]["windows"] == 0
     assert "library" in _words(vad["text"])
+    # P = 1 is never reached: the segments that lie in tagged rows are all dropped (one that
+    # spans a stretch VAD removed, untagged rows, stays), in exact mode too: its tagging pass
+    # runs beside decoding, and the rows must be there before a segment is judged
+    one_pass, _ = _run_fw(fw_speech, path, monkeypatch, at_speech_gate=1.0, vad_filter=True)
+    fw_speech.at_encoder = "exact"
+    try:
+        exact, _ = _run_fw(fw_speech, path, monkeypatch, at_speech_gate=1.0, vad_filter=True)
+    finally:
+        fw_speech.at_encoder = "one_pass"
+    # (the two modes' encoders differ in precision, so their texts may differ in a comma)
+    for result in (one_pass, exact):
+        assert len(result["at_gate"]["dropped_segments"]) >= 3 and len(result["segments"]) <= 1
+    assert len(exact["segments"]) == len(one_pass["segments"])
     with pytest.raises(ValueError, match="at_speech_gate must be a speech probability"):
         fw_speech.transcribe(str(path), at_speech_gate=2)
 

@@ -42,8 +42,8 @@ def test_every_row_of_repeated_windows_is_tagged(tiny_random, silence_audio, ref
     torch.testing.assert_close(tags[6:9], tags[3:6], atol=0, rtol=0)
     assert not torch.equal(tags[0], tags[3])  # noise and silence are told apart
 
-    features = tiny_random.transcribe(silence_audio, temperature=0, at_time_res=10,
-                                      return_audio_features=True)["audio_features_for_at"]  # fmt: skip
+    result = tiny_random.transcribe(silence_audio, temperature=0, return_audio_features=True)
+    features = result["audio_features_for_at"]
     assert features.shape[0] == 4  # one per decoded window, the repeated ones too
 
 
@@ -58,8 +58,9 @@ def test_gate_decides_each_repeated_window_with_its_own_rows(tiny_random, silenc
 
 
 @pytest.mark.parametrize("at_encoder", ["one_pass", "exact"])
-def test_faster_whisper_tags_repeated_windows_where_they_sit(ct2_tiny_en_dir, tiny_head_file,
-                                                             silence_audio, reference, at_encoder):  # fmt: skip
+def test_faster_whisper_tags_repeated_windows_where_they_sit(
+    ct2_tiny_en_dir, tiny_head_file, silence_audio, reference, at_encoder
+):
     from whisper_at.faster import WhisperModel
 
     model = WhisperModel(str(ct2_tiny_en_dir), compute_type="int8", at_head=str(tiny_head_file),

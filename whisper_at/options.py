@@ -123,9 +123,10 @@ def add_backend_options(parser: argparse.ArgumentParser, batch_size: bool = True
         "faster-whisper model name or CTranslate2 directory)")
     add("--compute_type", default="default",
         help="faster-whisper: CTranslate2 compute type (int8, float16, float32, ...)")
-    add("--vad_filter", type=str2bool, default=False,
+    add("--vad_filter", type=str2bool, default=None,
         help="faster-whisper: decode only the speech Silero VAD finds (tag rows elsewhere: NaN "
-        "unless --at_fill_gaps True)")
+        "unless --at_fill_gaps True); default: False, True with --batch_size and no "
+        "--clip_timestamps (as faster-whisper)")
     if batch_size:
         add("--batch_size", type=positive_int, default=None,
             help="faster-whisper: use its batched pipeline with this many windows per batch")

@@ -9,6 +9,7 @@ ours).
 from typing import List, Optional
 
 import ctranslate2
+from whisper.tokenizer import TO_LANGUAGE_CODE
 from whisper.utils import format_timestamp
 
 from .. import outputs
@@ -17,30 +18,32 @@ from . import BatchedInferencePipeline, WhisperModel, to_whisper_result
 
 # openai-whisper's name -> faster-whisper's
 RENAMED = {"logprob_threshold": "log_prob_threshold"}
-# no faster-whisper counterpart: fp16 (compute_type decides), the others are the CLI's
-DROPPED = ("fp16", "verbose", "device", "model_dir", "audio")
+# no faster-whisper counterpart: fp16 (compute_type decides), carry_initial_prompt (False here:
+# options.backend_options refuses True), the others are the CLI's
+DROPPED = ("fp16", "carry_initial_prompt", "verbose", "device", "model_dir", "audio")
 # options for which openai-whisper's None means "off", where FW needs a number
 NUMBER_DEFAULTS = {"beam_size": 1, "best_of": 1, "patience": 1.0, "length_penalty": 1.0}
-# what FW's batched pipeline does not take
-NOT_BATCHED = ("condition_on_previous_text", "hallucination_silence_threshold")
+CLIP_SECONDS = 30.0  # the batched pipeline decodes the first 30 s of each clip only
 
 
 def fw_options(args: dict, backend: dict) -> dict:
     """openai-whisper's transcribe options (and the backend's) as faster-whisper's."""
     options = {}
     for name, value in args.items():
-        if name in DROPPED or (backend.get("batch_size") and name in NOT_BATCHED):
-            continue
-        if name == "carry_initial_prompt":
-            if value:
-                raise ValueError("--carry_initial_prompt is not supported by faster-whisper")
+        if name in DROPPED:
             continue
         if name in NUMBER_DEFAULTS and value is None:
             value = NUMBER_DEFAULTS[name]
         if name == "suppress_tokens":
             value = [int(t) for t in value.split(",")] if value else []
+        if name == "language" and value:  # openai-whisper takes names too ("French")
+            value = TO_LANGUAGE_CODE.get(value.lower(), value.lower())
         options[RENAMED.get(name, name)] = value
-    options["vad_filter"] = backend.get("vad_filter", False)
+    vad_filter = backend.get("vad_filter")
+    if vad_filter is None:  # FW's defaults: off, but on for the batched pipeline given no clips
+        vad_filter = bool(backend.get("batch_size")) and not batched_clips(
+            options.get("clip_timestamps", "0"), 0.0)  # fmt: skip
+    options["vad_filter"] = vad_filter
     options["at_fill_gaps"] = backend.get("at_fill_gaps", False)
     if backend.get("batch_size"):
         options["batch_size"] = backend["batch_size"]
@@ -49,26 +52,35 @@ def fw_options(args: dict, backend: dict) -> dict:
 
 def load_model(name: str, device: Optional[str], model_dir: Optional[str], backend: dict):
     """The tagging FW model the options describe (errors raise)."""
+    device, _, index = (device or "auto").partition(":")
     return WhisperModel(
         name, device=device if device in ("cpu", "cuda") else "auto",
+        device_index=int(index) if index.isdigit() else 0,
         compute_type=backend.get("compute_type", "default"),
         cpu_threads=backend.get("threads") or 0, download_root=model_dir,
         at_head=backend.get("at_head"), at_low_compute=backend.get("at_low_compute", False),
         at_encoder=backend.get("at_encoder", "one_pass"),
-        at_head_mirror=backend.get("at_head_mirror"),
+        at_head_mirror=backend.get("at_head_mirror"), at_download_root=model_dir,
         at_compute_type=backend.get("at_compute_type", "auto"),
     )  # fmt: skip
 
 
 def batched_clips(clips: str, duration: float) -> Optional[List[dict]]:
     """openai-whisper's "start,end,start,end..." seconds as the batched pipeline's clip list
-    (None for "0": the whole file; an odd count ends at the end of the file)."""
+    (None for "0": the whole file; an odd count ends at the end of the file), clips longer
+    than 30 s cut into pieces of 30 s at most (the pipeline decodes 30 s of each clip)."""
     points = [float(t) for t in clips.split(",")] if clips else []
     if points in ([], [0.0]):
         return None
     if len(points) % 2:
         points.append(duration)
-    return [{"start": a, "end": b} for a, b in zip(points[::2], points[1::2])]
+    pieces = []
+    for start, end in zip(points[::2], points[1::2]):
+        while end - start > CLIP_SECONDS:
+            pieces.append({"start": start, "end": start + CLIP_SECONDS})
+            start += CLIP_SECONDS
+        pieces.append({"start": start, "end": end})
+    return pieces
 
 
 def transcribe(model, audio, options: dict, at_time_res: float, seed: Optional[int] = None,
@@ -90,11 +102,7 @@ def transcribe_files(model, args: dict, backend: dict, output_dir: str, output_f
                      writer_args: dict, options, time_res: float) -> int:  # fmt: skip
     """``whisper-at --backend faster-whisper``: transcribe and write every file; exit status."""
     verbose, audio_paths = args.get("verbose"), args["audio"]
-    try:
-        decode = fw_options(args, backend)
-    except ValueError as e:
-        error(str(e))
-        return 2
+    decode = fw_options(args, backend)
     from ..audio_io import load_audio
 
     done, failed = 0, []

@@ -106,6 +106,8 @@ class TorchEncoder:
         take in place of a mel. On CPU it wraps a numpy array without copying; the view
         holds a reference to that array, so the buffer lives as long as the view."""
         output = output.contiguous()
+        if output.dtype == torch.bfloat16:  # neither numpy nor CTranslate2's arrays take it
+            output = output.float()
         if output.device.type == "cpu":
             view = ctranslate2.StorageView.from_array(output.float().numpy())
         else:  # CUDA: shared through __cuda_array_interface__

@@ -25,7 +25,7 @@ from faster_whisper.utils import download_model
 
 from .. import _head_from_state, _load_head_state
 from ..formats import weights
-from .encoder import TorchEncoder, ct2_activation, torch_device
+from .encoder import COMPUTE_TYPES, TorchEncoder, ct2_activation, encoder_dtype, torch_device
 from .session import GENERATE_SEGMENTS, active_session, run
 from .timeline import FeatureLocator
 
@@ -52,6 +52,16 @@ def _head_name(name_or_path: str) -> str:
     return name if os.path.isdir(name) else _FW_ALIASES.get(name, name)
 
 
+def _check_options(at_encoder: str, at_low_compute: bool, at_compute_type: str):
+    """Fail before any model is loaded or downloaded."""
+    if at_encoder not in ENCODER_MODES:
+        raise ValueError(f"at_encoder must be one of {ENCODER_MODES}, got {at_encoder!r}")
+    if not isinstance(at_low_compute, bool):
+        raise TypeError(f"at_low_compute must be True or False, got {at_low_compute!r}")
+    if at_compute_type not in COMPUTE_TYPES:
+        raise ValueError(f"at_compute_type must be one of {COMPUTE_TYPES}, got {at_compute_type!r}")
+
+
 class TaggingMixin:
     """Sound-event tagging for a ``faster_whisper.WhisperModel`` (class or subclass)."""
 
@@ -67,13 +77,15 @@ class TaggingMixin:
         at_download_root: Optional[str] = None,
         at_head_mirror: Optional[str] = None,
     ):
-        if at_encoder not in ENCODER_MODES:
-            raise ValueError(f"at_encoder must be one of {ENCODER_MODES}, got {at_encoder!r}")
-        if not isinstance(at_low_compute, bool):
-            raise TypeError(f"at_low_compute must be True or False, got {at_low_compute!r}")
+        _check_options(at_encoder, at_low_compute, at_compute_type)
+        device = torch_device(self.model)
+        encoder_dtype(device, at_compute_type)  # e.g. float16 on CPU: refused, head or not
         root = at_download_root or weights.default_cache_dir()
         state = _load_head_state(_head_name(name), at_low_compute, at_head, root, at_head_mirror)
-        device = torch_device(self.model)
+        self.at_encoder = at_encoder
+        self.at_torch_encoder = self.at_model = None
+        if state is None:  # no head: FW's own encoder, nothing to tag
+            return
         encoder = TorchEncoder(model_dir, device, ct2_activation(self.model.compute_type),
                                at_compute_type)  # fmt: skip
         dims = encoder.dims
@@ -84,9 +96,8 @@ class TaggingMixin:
             )
         head = _head_from_state(state, dims["n_audio_layer"], dims["n_audio_state"],
                                 at_low_compute)  # fmt: skip
-        self.at_encoder = at_encoder
         self.at_torch_encoder = encoder
-        self.at_model = head.to(device).eval() if head is not None else None
+        self.at_model = head.to(device).eval()
 
     @property
     def has_at_head(self) -> bool:
@@ -96,6 +107,8 @@ class TaggingMixin:
 
     def _at_encode(self, features, pooled: bool):
         """(output for CTranslate2, pooled layers [B, n_layer, 75, d] or None)."""
+        if self.at_torch_encoder is None:
+            return super().encode(features), None
         if self.at_encoder == "exact":
             output = super().encode(features)
             return output, self.at_torch_encoder(features)[1] if pooled else None
@@ -181,6 +194,7 @@ class WhisperModel(TaggingMixin, faster_whisper.WhisperModel):
     def __init__(self, model_size_or_path: str, *args, at_head=None, at_low_compute=False,
                  at_encoder="one_pass", at_compute_type="auto", at_download_root=None,
                  at_head_mirror=None, **kwargs):  # fmt: skip
+        _check_options(at_encoder, at_low_compute, at_compute_type)
         bound = _SIGNATURE.bind(self, model_size_or_path, *args, **kwargs)
         bound.apply_defaults()
         options = dict(bound.arguments)
@@ -230,6 +244,7 @@ def enable_tagging(
         raise TypeError(f"expected a faster_whisper.WhisperModel, got {type(model).__name__}")
     if isinstance(model, TaggingMixin):
         raise ValueError("this model already tags sound events")
+    _check_options(at_encoder, at_low_compute, at_compute_type)
     model_dir = _model_dir(model_path)
     cls = type(model)
     if cls not in _TAGGING_CLASSES:

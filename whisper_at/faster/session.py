@@ -240,6 +240,8 @@ def _segments(model, session: Session, segments) -> Iterator:
                 segment = next(segments)
             except StopIteration:
                 break
+            if session.gate is not None and session.pending:
+                session.flush()  # exact mode: the rows the segment lies in must be there
             if session.gate is not None and not session.gate.keep(segment, session.tagger):
                 continue
         yield segment
