@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
 # Install what the test suite needs on a Debian or Ubuntu machine; the README's second command is
-#   tests/install.sh && python -m pytest -q
+#   tests/install.sh && .venv/bin/python -m pytest -q
 #
 # System packages, through apt-get (with sudo when not root), each only when missing:
-#   espeak-ng (test speech), sox + libsox-fmt-all (tones, noise, mixes, formats), ffmpeg (the
-#   decoder openai-whisper uses), and Chromium for the web-demo test: Debian's chromium package; on
-#   Ubuntu, whose chromium packages are snap shims that do not run in containers, Playwright's own
-#   build (python -m playwright install --with-deps chromium); libatomic1, without which
-#   Playwright's driver (a Node.js binary in the pip package) does not start on a slim system.
-# Python, into the environment of `python` (or $PYTHON): torch==2.13.0 when no torch is installed
-#   (unpinned, pip would take the newest, a CUDA build of several GB), then this checkout, editable,
-#   with its test extra, unless an editable whisper-at and every requirement are there already.
+#   python3 and python3-venv (Debian and Ubuntu ship neither pip nor venv's ensurepip by default,
+#   and refuse pip installs outside a virtual environment), espeak-ng (test speech), sox +
+#   libsox-fmt-all (tones, noise, mixes, formats), ffmpeg (the decoder openai-whisper uses), and
+#   Chromium for the web-demo test: Debian's chromium package; on Ubuntu, whose chromium packages
+#   are snap shims that do not run in containers, Playwright's own build (python -m playwright
+#   install --with-deps chromium); libatomic1, without which Playwright's driver (a Node.js binary
+#   in the pip package) does not start on a slim system.
+# Python, into the virtual environment .venv of this checkout (created with python3 -m venv when
+#   missing), or into the environment of $PYTHON when set (then run the tests with
+#   "$PYTHON" -m pytest -q): torch==2.13.0 when no torch is installed (unpinned, pip would take
+#   the newest), then this checkout, editable, with its test extra, unless an editable install of
+#   this checkout and every requirement are there already.
 # Running it again installs nothing and takes a second or two.
 #   tests/install.sh --check    only report what is missing (exit status 1 if anything is)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-python}
+VENV=.venv  # the README runs the tests with .venv/bin/python
+PYTHON=${PYTHON:-}
 CHECK=0
 case "${1:-}" in
     "") ;;
@@ -26,9 +31,9 @@ esac
 
 say() { echo "tests/install.sh: $*" >&2; }
 
-if ! command -v "$PYTHON" >/dev/null; then
-    say "$PYTHON not found: activate the Python environment (3.9 or newer, with pip) that runs" \
-        "the tests, or name its interpreter in PYTHON"
+if [ -n "$PYTHON" ] && ! command -v "$PYTHON" >/dev/null; then
+    say "PYTHON=$PYTHON not found: name the interpreter (3.9 or newer, with pip) of the" \
+        "environment that runs the tests, or unset PYTHON to use $VENV"
     exit 1
 fi
 
@@ -59,6 +64,7 @@ import importlib.metadata as metadata
 import json
 import os
 import sys
+from pathlib import Path
 
 # not this checkout: the whisper_at.egg-info that pip leaves here is not the installed copy
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.getcwd()]
@@ -99,6 +105,8 @@ try:
                             or "{}")
     if not direct_url.get("dir_info", {}).get("editable"):
         unmet.append(f"{project['name']} (installed, but not editable)")
+    elif direct_url.get("url", "").rstrip("/") != Path.cwd().resolve().as_uri():
+        unmet.append(f"{project['name']} (installed from {direct_url.get('url')}, not here)")
 except metadata.PackageNotFoundError:
     unmet.append(project["name"])
 for text in project["dependencies"] + project["optional-dependencies"]["test"]:
@@ -110,6 +118,18 @@ EOF
 
 # ---------------------------------------------------------------- what is missing
 packages=()
+venv=ok
+if [ -z "$PYTHON" ]; then
+    PYTHON=$VENV/bin/python
+    if ! [ -x "$PYTHON" ]; then
+        venv=missing
+        if ! command -v python3 >/dev/null; then
+            packages+=(python3 python3-venv)
+        elif ! python3 -c "import ensurepip, venv" 2>/dev/null; then
+            packages+=(python3-venv)  # Debian's python3 leaves ensurepip to this package
+        fi
+    fi
+fi
 command -v espeak-ng >/dev/null || packages+=(espeak-ng)
 command -v sox >/dev/null || packages+=(sox)
 if command -v dpkg-query >/dev/null && ! have_deb libsox-fmt-all; then packages+=(libsox-fmt-all); fi
@@ -119,18 +139,21 @@ browser=ok
 if ! system_chromium; then
     if ! is_ubuntu; then
         packages+=(chromium)
-    elif ! playwright_chromium; then
+    elif [ "$venv" != ok ] || ! playwright_chromium; then
         browser=playwright
     fi
 fi
 torch=ok
-"$PYTHON" -c "import importlib.metadata as m; m.version('torch')" 2>/dev/null || torch=missing
 python=ok
-unmet=$(python_missing) || python=missing
+if [ "$venv" = ok ]; then
+    "$PYTHON" -c "import importlib.metadata as m; m.version('torch')" 2>/dev/null || torch=missing
+    unmet=$(python_missing) || python=missing
+fi
 
 if [ "$CHECK" = 1 ]; then
     status=0
     if [ ${#packages[@]} -gt 0 ]; then say "missing system packages: ${packages[*]}"; status=1; fi
+    if [ "$venv" != ok ]; then say "missing: the virtual environment $VENV"; status=1; fi
     if [ "$browser" != ok ]; then say "missing: Playwright's Chromium build"; status=1; fi
     if [ "$torch" != ok ]; then say "missing: torch"; status=1; fi
     if [ "$python" != ok ]; then
@@ -163,6 +186,12 @@ if [ ${#packages[@]} -gt 0 ]; then
     "${as_root[@]}" apt-get install -y -q "${packages[@]}"
 fi
 
+if [ "$venv" != ok ]; then
+    say "creating the virtual environment $VENV"
+    python3 -m venv "$VENV"
+    torch=missing
+    python=missing
+fi
 if [ "$torch" != ok ]; then
     "$PYTHON" -m pip install torch==2.13.0
 fi

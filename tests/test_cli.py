@@ -356,8 +356,9 @@ def test_tag_directories_failures_and_resume(tmp_path, capsys, tiny_en_pt, tiny_
 
 
 def test_console_script_and_module_run(tmp_path, tiny_en_pt, tiny_head_file, speech_wav):
-    script = shutil.which("whisper-at")
-    assert script, "the whisper-at console script is missing: pip install -e ."
+    # the script of the environment running the tests (.venv/bin is not on PATH unless activated)
+    script = Path(sys.executable).parent / "whisper-at"
+    assert script.exists(), f"{script} is missing: pip install -e ."
     shown = subprocess.run([script, "--help"], capture_output=True, text=True)
     assert shown.returncode == 0 and "--at_speech_events" in shown.stdout
     out = tmp_path / "tags.jsonl"

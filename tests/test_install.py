@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "install.sh"
-COMMAND = "tests/install.sh && python -m pytest -q"
+COMMAND = "tests/install.sh && .venv/bin/python -m pytest -q"
 
 
 def test_readme_and_ci_give_the_same_command():
@@ -27,15 +27,19 @@ def test_readme_and_ci_give_the_same_command():
 
 
 def test_a_second_run_would_install_nothing():
-    """What the script installed is what it checks for (no reinstall on every run)."""
-    run = subprocess.run([str(SCRIPT), "--check"], capture_output=True, text=True, timeout=300)
+    """What the script installed is what it checks for (no reinstall on every run), in the
+    environment running these tests (.venv when run as the README says)."""
+    run = subprocess.run([str(SCRIPT), "--check"], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHON=sys.executable))
     assert run.returncode == 0, run.stderr
     assert run.stderr.strip() == "tests/install.sh: everything the tests need is installed"
 
 
-def _machine(tmp_path: Path, hide=(), root=True, sudo=True, apt=True) -> dict:
+def _machine(tmp_path: Path, hide=(), root=True, sudo=True, apt=True, ensurepip=True) -> dict:
     """Environment of a machine like this one without the programs in ``hide``: a PATH of links
-    to this PATH's programs, where apt-get, sudo, id and $PYTHON -m pip are recorders."""
+    to this PATH's programs, where apt-get, sudo, id and $PYTHON -m pip are recorders, and
+    python3 records ``-m venv DIR`` (making DIR/bin/python a recorder) and lacks ensurepip unless
+    ``ensurepip``."""
     bin_dir, log = tmp_path / "bin", tmp_path / "log"
     bin_dir.mkdir()
     for directory in os.environ["PATH"].split(os.pathsep):
@@ -53,6 +57,11 @@ def _machine(tmp_path: Path, hide=(), root=True, sudo=True, apt=True) -> dict:
             0 if root else 1000),
         "python-recorder": f'if [ "$1 $2" = "-m pip" ]; then echo "pip $*" >> {log}; exit 0; fi\n'
                            f'exec {sys.executable} "$@"',
+        "python3": None if "python3" in hide else (
+            f'if [ "$1 $2" = "-m venv" ]; then echo "python3 $*" >> {log}; mkdir -p "$3/bin"\n'
+            f'  exec cp {bin_dir / "python-recorder"} "$3/bin/python"; fi\n'
+            f'case "$*" in *ensurepip*) exit {0 if ensurepip else 1};; esac\n'
+            f'exec {sys.executable} "$@"'),
     }
     for name, body in fakes.items():
         (bin_dir / name).unlink(missing_ok=True)
@@ -101,13 +110,10 @@ def test_pip_runs_when_a_requirement_is_missing(tmp_path):
     """A requirement the checkout's pyproject.toml asks for and that is not installed makes the
     script install the checkout with its test extra (recorded, not run)."""
     env = _machine(tmp_path)
-    checkout = tmp_path / "checkout"
-    (checkout / "tests").mkdir(parents=True)
-    (checkout / "tests" / "install.sh").symlink_to(SCRIPT)
     pyproject = (REPO / "pyproject.toml").read_text()
     assert pyproject.count('"numpy",\n') == 1
-    (checkout / "pyproject.toml").write_text(
-        pyproject.replace('"numpy",\n', '"numpy",\n    "no-such-package-for-whisper-at>=1",\n'))
+    checkout = _checkout(tmp_path, pyproject.replace(
+        '"numpy",\n', '"numpy",\n    "no-such-package-for-whisper-at>=1",\n'))
     check = subprocess.run([str(checkout / "tests" / "install.sh"), "--check"], env=env,
                            capture_output=True, text=True, timeout=300)
     assert check.returncode == 1
@@ -116,3 +122,44 @@ def test_pip_runs_when_a_requirement_is_missing(tmp_path):
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "log").read_text().splitlines() == ["pip -m pip install -e .[test]"]
+
+
+def _checkout(tmp_path: Path, pyproject: str = None) -> Path:
+    """A checkout of this project without its .venv (the script, and pyproject.toml)."""
+    checkout = tmp_path / "checkout"
+    (checkout / "tests").mkdir(parents=True)
+    (checkout / "tests" / "install.sh").symlink_to(SCRIPT)
+    (checkout / "pyproject.toml").write_text(pyproject or (REPO / "pyproject.toml").read_text())
+    return checkout
+
+
+@pytest.mark.parametrize("ensurepip, apt", [(True, []), (False, [
+    "apt-get update -q", "apt-get install -y -q python3-venv"])])
+def test_the_virtual_environment_is_made_when_missing(tmp_path, ensurepip, apt):
+    """Without PYTHON, the script installs into the checkout's .venv, made with python3 -m venv
+    (Debian's python3 needs python3-venv for that), and the README runs .venv/bin/python."""
+    env = _machine(tmp_path, ensurepip=ensurepip)
+    del env["PYTHON"]
+    checkout = _checkout(tmp_path)
+    check = subprocess.run([str(checkout / "tests" / "install.sh"), "--check"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert check.returncode == 1
+    assert "tests/install.sh: missing: the virtual environment .venv" in check.stderr.splitlines()
+    run = subprocess.run([str(checkout / "tests" / "install.sh")], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "log").read_text().splitlines() == apt + [
+        "python3 -m venv .venv", "pip -m pip install torch==2.13.0",
+        "pip -m pip install -e .[test]"]
+    assert (checkout / ".venv" / "bin" / "python").exists()
+
+
+def test_no_python3_is_installed_first(tmp_path):
+    env = _machine(tmp_path, hide={"python3"})
+    del env["PYTHON"]
+    checkout = _checkout(tmp_path)
+    check = subprocess.run([str(checkout / "tests" / "install.sh"), "--check"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert check.returncode == 1
+    assert ("tests/install.sh: missing system packages: python3 python3-venv"
+            in check.stderr.splitlines())

@@ -1,6 +1,8 @@
 """End-to-end: whisper_at.transcribe vs openai-whisper and vs the 2023 reference, real weights."""
 
 import importlib
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -73,6 +75,36 @@ def test_every_public_whisper_name_is_reexported():
     assert EnglishTextNormalizer()("Mr. Smith's 2 dogs") == "mister smith is 2 dogs"
     with pytest.raises(ImportError):
         importlib.import_module("whisper_at.no_such_module")
+
+
+# whisper-at 1.0's module paths that moved into subpackages, with names users import from them
+OLD_NAMES = {
+    "batch": ["MANIFEST_EXTENSIONS", "main"], "tagjob": ["record", "main"],
+    "convert": ["ct2_to_openai", "load_checkpoint", "main"], "ct2": [], "hf": [], "checkpoint": [], "weights": [],
+    "batch_local": [], "batch_ray": [], "batch_shards": [], "plot": ["plot_timeline"],
+}
+MOVED_NAMES = {
+    "outputs": ["SPEECH_NAMES", "SINGING_NAMES", "MUSIC_NAMES", "MAX_EVENT_LINES", "MIN_EVENT_CUE",
+                "CAPTIONS", "write_outputs"],
+    "cli": ["at_time_res", "positive_int", "non_negative_int", "batch_size_arg", "logit", "main"],
+}
+
+
+def test_whisper_at_1_0_import_paths_still_work(tmp_path):
+    for old, names in OLD_NAMES.items():
+        module = importlib.import_module(f"whisper_at.{old}")
+        assert module.__name__.startswith(("whisper_at.formats.", "whisper_at.jobs.",
+                                           "whisper_at.outputs.")), module
+        assert module is getattr(whisper_at, old)
+        assert all(hasattr(module, name) for name in names), old
+    for old, names in MOVED_NAMES.items():
+        module = importlib.import_module(f"whisper_at.{old}")
+        assert [n for n in names if not hasattr(module, n)] == [], old
+    # python -m with an old path runs the module it stands for
+    run = subprocess.run([sys.executable, "-m", "whisper_at.convert", str(tmp_path / "none.pt"),
+                          str(tmp_path / "out.pt")], capture_output=True, text=True)
+    assert run.returncode == 1 and "Model checkpoint not found" in run.stderr, run.stderr
+    assert not (tmp_path / "out.pt").exists()
 
 
 @pytest.mark.parametrize("word_timestamps", [False, True])

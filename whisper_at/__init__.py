@@ -71,6 +71,15 @@ class _AliasedSubmodule(_importlib_abc.MetaPathFinder, _importlib_abc.Loader):
     def exec_module(self, module):  # the import system set its __spec__ to ours: restore it
         module.__spec__ = module.__spec__.loader_state
 
+    def get_code(self, fullname):
+        """``python -m whisper_at.<name>`` (e.g. ``whisper_at.convert``): the ``main()`` of the
+        module it stands for, or that module run as ``__main__``."""
+        target = _target(fullname.rpartition(".")[2])
+        source = (f"import importlib, runpy, sys\nmodule = importlib.import_module({target!r})\n"
+                  "if callable(getattr(module, 'main', None)):\n    sys.exit(module.main())\n"
+                  f"runpy.run_module({target!r}, run_name='__main__', alter_sys=True)\n")
+        return compile(source, f"<{fullname}>", "exec")
+
 
 def _is_upstream(value) -> bool:
     """A name openai-whisper defines (not one it merely imports, such as ``torch`` or ``os``)."""

@@ -33,6 +33,11 @@ from .options import (
     report,
     tag_options,
 )
+from .options import at_time_res as at_time_res  # whisper-at 1.0 defined these five here
+from .options import batch_size_arg as batch_size_arg
+from .options import logit as logit
+from .options import non_negative_int as non_negative_int
+from .options import positive_int as positive_int
 from .outputs import AT_FORMATS
 
 # sub-command -> module whose main(argv) runs it; ``research`` gets the command as argv[0]

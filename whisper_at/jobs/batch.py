@@ -37,6 +37,7 @@ from ..options import (
 )
 from ..outputs import AT_FORMATS, TagOptions, have_matplotlib, write_outputs
 from .inputs import EXTENSIONS, common_root, find_inputs
+from .inputs import MANIFEST_EXTENSIONS as MANIFEST_EXTENSIONS  # whisper-at 1.0's name
 from .local_engine import TASKS, BatchOptions
 from .shards import ShardWriter, completed, lock_output_dir, remove_temp_shards
 

@@ -21,6 +21,7 @@ from ..options import PROG, add_tagging_options, batch_size_arg, error, report, 
 from ..outputs import TagOptions
 from .inputs import EXTENSIONS, find_audio
 from .local_engine import BatchOptions, Decoded, decode_ahead, process
+from .local_engine import record as record  # whisper-at 1.0 defined it here
 
 PREFETCH = 2  # files decoded ahead of the model
 

@@ -16,7 +16,10 @@ from typing import List, Optional
 
 from whisper.utils import get_writer
 
+from ..gate import SINGING_NAMES as SINGING_NAMES  # whisper-at 1.0's outputs.py had these
+from ..gate import SPEECH_NAMES as SPEECH_NAMES
 from ..staging import make_stage
+from .events import MUSIC_NAMES as MUSIC_NAMES
 from .events import (
     TagOptions,
     active_classes,
@@ -31,6 +34,9 @@ from .events import (
 )
 from .events import label_language as _language
 from .plot import have_matplotlib, plot_timeline
+from .sdh import CAPTIONS as CAPTIONS
+from .sdh import MAX_EVENT_LINES as MAX_EVENT_LINES
+from .sdh import MIN_EVENT_CUE as MIN_EVENT_CUE
 from .sdh import captions, sdh_cues, speech_cues, write_sdh
 
 AT_FORMATS = {"tags": ("tags.json", "tags.tsv"), "events": ("events.tsv",),
