@@ -44,9 +44,11 @@ is_ubuntu() {  # Ubuntu or a derivative (ID_LIKE=ubuntu)
 have_deb() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q " installed$"; }
 
 system_chromium() {  # a Chromium that runs, and is not a snap (Playwright cannot drive those)
-    local path
+    local path real
     path=$(command -v chromium) || return 1
-    [[ $(readlink -f "$path") != /snap/* ]] && timeout 60 "$path" --version >/dev/null 2>&1
+    real=$(readlink -f "$path")  # a snap: /snap/bin/chromium -> /usr/bin/snap
+    [[ $path != /snap/* && $real != /snap/* && ${real##*/} != snap ]] &&
+        timeout 60 "$path" --version >/dev/null 2>&1
 }
 
 playwright_chromium() {  # Playwright's own Chromium build is installed

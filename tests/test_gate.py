@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from whisper.normalizers import EnglishTextNormalizer
@@ -193,9 +194,15 @@ def test_bad_gate_arguments_are_named(tiny_speech, tiny_en_pt, speech_wav):
         with pytest.raises(ValueError, match=r"at_speech_gate must be a speech probability in "
                                              r"\[0, 1\], got"):
             whisper_at.transcribe(tiny_speech, str(speech_wav), at_speech_gate=value)
-    for value in ("0.5", True):
+    for value in ("0.5", True, np.bool_(True)):
         with pytest.raises(TypeError, match="at_speech_gate must be a speech probability"):
             whisper_at.transcribe(tiny_speech, str(speech_wav), at_speech_gate=value)
+    # numpy's numbers are numbers (a threshold computed with numpy, e.g. a quantile)
+    numpy_run, float_run = (whisper_at.transcribe(tiny_speech, str(speech_wav), fp16=False,
+                                                  at_speech_gate=p)
+                            for p in (np.float32(0.25), 0.25))
+    assert numpy_run["text"] == float_run["text"] and "garden" in numpy_run["text"]
+    assert numpy_run["at_gate"] == float_run["at_gate"]
     bare = whisper_at.load_model(str(tiny_en_pt), device="cpu", at_head=False)
     for options in ({"at_speech_gate": 0.5}, {"at_segment_info": True}):
         name = next(iter(options))
@@ -237,6 +244,10 @@ def test_cli_gate_and_segment_info(tiny_en_pt, speech_head_file, gate_wav, tmp_p
                 str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 2
     assert "--at_segment_info needs an audio-tagging head: pass --at_head PATH" in proc.stderr
+    proc = _cli(str(path), "--model", str(tiny_en_pt), "--at_speech_gate", "0", "-o",
+                str(tmp_path), cwd=tmp_path)  # 0 is a threshold, not "off"
+    assert proc.returncode == 2
+    assert "--at_speech_gate needs an audio-tagging head: pass --at_head PATH" in proc.stderr
 
 
 # --- the same gate on the faster-whisper backend (whisper_at.faster) --------------------------

@@ -34,7 +34,9 @@ TAG = re.compile(r"(.+?) \((-?\d+\.\d+)\)(?: \| |$)")
 def _chromium(playwright) -> str:
     """The Chromium to drive: one on PATH that runs (not a snap), else Playwright's own."""
     path = shutil.which("chromium")
-    if path and not os.path.realpath(path).startswith("/snap/"):
+    real = os.path.realpath(path) if path else ""  # a snap: /snap/... or /usr/bin/snap itself
+    if path and not (path.startswith("/snap/") or real.startswith("/snap/")
+                     or os.path.basename(real) == "snap"):
         if subprocess.run([path, "--version"], capture_output=True, timeout=60).returncode == 0:
             return path
     if os.path.exists(playwright.chromium.executable_path):

@@ -80,8 +80,9 @@ def test_every_public_whisper_name_is_reexported():
 # whisper-at 1.0's module paths that moved into subpackages, with names users import from them
 OLD_NAMES = {
     "batch": ["MANIFEST_EXTENSIONS", "main"], "tagjob": ["record", "main"],
-    "convert": ["ct2_to_openai", "load_checkpoint", "main"], "ct2": [], "hf": [], "checkpoint": [], "weights": [],
-    "batch_local": [], "batch_ray": [], "batch_shards": [], "plot": ["plot_timeline"],
+    "convert": ["ct2_to_openai", "load_checkpoint", "main"], "ct2": [], "hf": [],
+    "checkpoint": [], "weights": [], "batch_local": [], "batch_ray": [], "batch_shards": [],
+    "plot": ["plot_timeline"],
 }
 MOVED_NAMES = {
     "outputs": ["SPEECH_NAMES", "SINGING_NAMES", "MUSIC_NAMES", "MAX_EVENT_LINES", "MIN_EVENT_CUE",

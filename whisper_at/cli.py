@@ -229,7 +229,7 @@ def transcribe_files(parser: argparse.ArgumentParser, args: dict) -> int:
         error(f"--output_format {output_format} needs an audio-tagging head: pass --at_head PATH")
         return 2
     for option in ("at_speech_gate", "at_segment_info"):
-        if not model.has_at_head and args[option] not in (None, False):
+        if not model.has_at_head and args[option] is not None and args[option] is not False:
             error(f"--{option} needs an audio-tagging head: pass --at_head PATH")
             return 2
 

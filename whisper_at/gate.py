@@ -13,6 +13,7 @@ openai-whisper loop below, ``whisper_at.faster``) can call them from its own per
 """
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import List, Optional, Sequence, Tuple
@@ -50,7 +51,7 @@ def speech_probability(audio_tag: Tensor) -> Tensor:
 
 def check_threshold(value, name: str = "at_speech_gate") -> float:
     """A speech-probability threshold: a number in [0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy's floats too
         raise TypeError(f"{name} must be a speech probability in [0, 1], got {value!r}")
     if not 0 <= float(value) <= 1:
         raise ValueError(f"{name} must be a speech probability in [0, 1], got {value!r}")

@@ -249,7 +249,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--at_speech_gate and --at_segment_info steer transcription: not with "
                      "--task tag")
     model = {name: args.pop(name) for name in MODEL_OPTIONS}
-    model["at_head_mirror"] = head_mirror(model["at_head_mirror"])  # the env var's, for Ray
+    # the env var's, for Ray workers; "" (none) stays "" so that workers do not read theirs
+    model["at_head_mirror"] = head_mirror(model["at_head_mirror"]) or ""
     engine, extensions = args.pop("engine"), args.pop("extensions").split(",")
     if engine == "ray":
         from .ray_engine import require_ray
