@@ -85,7 +85,7 @@ def test_options_and_defaults_are_upstreams(monkeypatch):
         "--at_sdh_repeat": "False", "--at_sdh_continues": "60.0",
         "--at_speech_gate": "None", "--at_segment_info": "False",
         "--backend": "openai-whisper", "--compute_type": "default",
-        "--vad_filter": "False", "--batch_size": "None", "--at_encoder": "one_pass",
+        "--vad_filter": "None", "--batch_size": "None", "--at_encoder": "one_pass",
         "--at_compute_type": "auto",
         "--at_fill_gaps": "False",
     }
