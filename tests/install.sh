@@ -67,6 +67,8 @@ import json
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 # not this checkout: the whisper_at.egg-info that pip leaves here is not the installed copy
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.getcwd()]
@@ -107,7 +109,7 @@ try:
                             or "{}")
     if not direct_url.get("dir_info", {}).get("editable"):
         unmet.append(f"{project['name']} (installed, but not editable)")
-    elif direct_url.get("url", "").rstrip("/") != Path.cwd().resolve().as_uri():
+    elif Path(url2pathname(urlparse(direct_url.get("url", "")).path)).resolve() != Path.cwd().resolve():
         unmet.append(f"{project['name']} (installed from {direct_url.get('url')}, not here)")
 except metadata.PackageNotFoundError:
     unmet.append(project["name"])
