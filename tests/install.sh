@@ -107,9 +107,10 @@ def check(text, extra=""):
 try:
     direct_url = json.loads(metadata.distribution(project["name"]).read_text("direct_url.json")
                             or "{}")
+    source = Path(url2pathname(urlparse(direct_url.get("url", "")).path))
     if not direct_url.get("dir_info", {}).get("editable"):
         unmet.append(f"{project['name']} (installed, but not editable)")
-    elif Path(url2pathname(urlparse(direct_url.get("url", "")).path)).resolve() != Path.cwd().resolve():
+    elif source.resolve() != Path.cwd().resolve():  # symlinked paths compare alike
         unmet.append(f"{project['name']} (installed from {direct_url.get('url')}, not here)")
 except metadata.PackageNotFoundError:
     unmet.append(project["name"])

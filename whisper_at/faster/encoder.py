@@ -109,7 +109,7 @@ class TorchEncoder:
         if output.dtype == torch.bfloat16:  # neither numpy nor CTranslate2's arrays take it
             output = output.float()
         if output.device.type == "cpu":
-            view = ctranslate2.StorageView.from_array(output.float().numpy())
+            view = ctranslate2.StorageView.from_array(output.numpy())
         else:  # CUDA: shared through __cuda_array_interface__
             view = ctranslate2.StorageView.from_array(output)
         if view.dtype != self.activation:

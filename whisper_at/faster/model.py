@@ -77,7 +77,8 @@ class TaggingMixin:
         at_download_root: Optional[str] = None,
         at_head_mirror: Optional[str] = None,
     ):
-        _check_options(at_encoder, at_low_compute, at_compute_type)
+        """Load the head and the tagging encoder (options already passed ``_check_options``:
+        both callers check them before any model is loaded)."""
         device = torch_device(self.model)
         encoder_dtype(device, at_compute_type)  # e.g. float16 on CPU: refused, head or not
         root = at_download_root or weights.default_cache_dir()
