@@ -4,6 +4,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from whisper.audio import SAMPLE_RATE
 
@@ -54,7 +55,7 @@ def test_vad_and_batched_pipeline(tmp_path, fw_args, long_speech_wav, capsys):
 
 def test_batched_pipeline_defaults_and_long_clips(tmp_path, fw_args, long_speech_wav):
     """--batch_size alone turns VAD on, as faster-whisper's pipeline does (else a file over 30 s
-    has nothing to cut it); a clip over 30 s is decoded whole, in pieces of 30 s."""
+    has nothing to cut it); a clip over 30 s is decoded whole, in pieces of at most 30 s."""
     assert _run([str(long_speech_wav)] + fw_args + ["--batch_size", "4"], tmp_path / "vad") == 0
     text = (tmp_path / "vad" / "long_speech.txt").read_text()
     assert "Please call" in text and "listening" in text
@@ -62,7 +63,8 @@ def test_batched_pipeline_defaults_and_long_clips(tmp_path, fw_args, long_speech
     argv = [str(long_speech_wav)] + fw_args + ["--batch_size", "4", "--clip_timestamps", "5"]
     assert _run(argv, tmp_path / "clip") == 0
     text = (tmp_path / "clip" / "long_speech.txt").read_text()
-    assert "Please call" not in text and "museum" in text and "listening" in text
+    # the clip's first sentence, and its last one (after 30 s of clip, in a later piece)
+    assert "Please call" not in text and "favorite" in text and "listening" in text
 
 
 def test_language_names_become_codes():
@@ -100,12 +102,27 @@ def test_carry_initial_prompt_and_missing_head(tmp_path, capsys, fw_args, ct2_ti
     assert status == 2 and "needs an audio-tagging head" in capsys.readouterr().err
 
 
-def test_clip_timestamps_for_the_batched_pipeline():
+def test_clip_timestamps_for_the_batched_pipeline(long_speech_wav):
+    """Clips become the pipeline's list; one over 30 s is cut in a pause, not in a word."""
+    from whisper_at.audio_io import load_audio
     from whisper_at.faster.cli import batched_clips
 
-    assert batched_clips("0", 60.0) is None
-    assert batched_clips("5,25,40", 60.0) == [{"start": 5.0, "end": 25.0},
-                                               {"start": 40.0, "end": 60.0}]  # fmt: skip
+    audio = load_audio(str(long_speech_wav))
+    duration = audio.shape[-1] / SAMPLE_RATE
+    assert batched_clips("0", audio) is None
+    assert batched_clips("5,25,40", audio) == [{"start": 5.0, "end": 25.0},
+                                                {"start": 40.0, "end": duration}]  # fmt: skip
+    pieces = batched_clips("5", audio)
+    assert [p["start"] for p in pieces[1:]] == [p["end"] for p in pieces[:-1]]
+    assert pieces[0]["start"] == 5.0 and pieces[-1]["end"] == duration and len(pieces) >= 2
+    for piece in pieces:
+        assert 0 < piece["end"] - piece["start"] <= 30.0
+    for piece in pieces[:-1]:
+        assert piece["end"] - piece["start"] >= 22.0  # cut in the last 8 s of 30
+    speech_rms = np.sqrt(np.mean(np.square(audio[5 * SAMPLE_RATE:])))
+    for cut in (p["end"] for p in pieces[:-1]):
+        around = audio[int((cut - 0.15) * SAMPLE_RATE): int((cut + 0.15) * SAMPLE_RATE)]
+        assert np.sqrt(np.mean(np.square(around))) < 0.3 * speech_rms, cut  # a pause
 
 
 def _records(out):

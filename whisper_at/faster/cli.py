@@ -9,6 +9,7 @@ ours).
 from typing import List, Optional
 
 import ctranslate2
+import numpy as np
 from whisper.tokenizer import TO_LANGUAGE_CODE
 from whisper.utils import format_timestamp
 
@@ -24,6 +25,8 @@ DROPPED = ("fp16", "carry_initial_prompt", "verbose", "device", "model_dir", "au
 # options for which openai-whisper's None means "off", where FW needs a number
 NUMBER_DEFAULTS = {"beam_size": 1, "best_of": 1, "patience": 1.0, "length_penalty": 1.0}
 CLIP_SECONDS = 30.0  # the batched pipeline decodes the first 30 s of each clip only
+CUT_SEARCH = 8.0  # a longer clip is cut at the quietest moment of the last 8 s of each piece
+CUT_FRAME = 1600  # samples (0.1 s) per energy frame; the quietest 0.3 s (3 frames) wins
 
 
 def fw_options(args: dict, backend: dict) -> dict:
@@ -41,8 +44,8 @@ def fw_options(args: dict, backend: dict) -> dict:
         options[RENAMED.get(name, name)] = value
     vad_filter = backend.get("vad_filter")
     if vad_filter is None:  # FW's defaults: off, but on for the batched pipeline given no clips
-        vad_filter = bool(backend.get("batch_size")) and not batched_clips(
-            options.get("clip_timestamps", "0"), 0.0)  # fmt: skip
+        vad_filter = bool(backend.get("batch_size")) and not _clip_points(
+            options.get("clip_timestamps", "0"))  # fmt: skip
     options["vad_filter"] = vad_filter
     options["at_fill_gaps"] = backend.get("at_fill_gaps", False)
     if backend.get("batch_size"):
@@ -65,22 +68,46 @@ def load_model(name: str, device: Optional[str], model_dir: Optional[str], backe
     )  # fmt: skip
 
 
-def batched_clips(clips: str, duration: float) -> Optional[List[dict]]:
-    """openai-whisper's "start,end,start,end..." seconds as the batched pipeline's clip list
-    (None for "0": the whole file; an odd count ends at the end of the file), clips longer
-    than 30 s cut into pieces of 30 s at most (the pipeline decodes 30 s of each clip)."""
+def _clip_points(clips: str) -> List[float]:
+    """openai-whisper's "start,end,start,end..." seconds; [] for the whole file ("0")."""
     points = [float(t) for t in clips.split(",")] if clips else []
-    if points in ([], [0.0]):
+    return [] if points == [0.0] else points
+
+
+def batched_clips(clips: str, audio: np.ndarray) -> Optional[List[dict]]:
+    """openai-whisper's "start,end,start,end..." seconds as the batched pipeline's clip list
+    (None for "0": the whole file; an odd count ends at the end of the file). A clip longer
+    than 30 s is cut into pieces of 30 s at most (the pipeline decodes 30 s of each clip),
+    each cut in the middle of the last quiet stretch of its last 8 s, so words are not split."""
+    points = _clip_points(clips)
+    if not points:
         return None
     if len(points) % 2:
-        points.append(duration)
+        points.append(audio.shape[-1] / 16000)
     pieces = []
     for start, end in zip(points[::2], points[1::2]):
         while end - start > CLIP_SECONDS:
-            pieces.append({"start": start, "end": start + CLIP_SECONDS})
-            start += CLIP_SECONDS
+            cut = quietest(audio, start + CLIP_SECONDS - CUT_SEARCH, start + CLIP_SECONDS)
+            pieces.append({"start": start, "end": cut})
+            start = cut
         pieces.append({"start": start, "end": end})
     return pieces
+
+
+def quietest(audio: np.ndarray, lo: float, hi: float) -> float:
+    """Seconds: the middle of the latest quietest stretch of [lo, hi] in 16 kHz ``audio`` (0.3 s
+    windows within 1.5x the quietest one's energy); ``hi`` when no 0.3 s fits (end of file)."""
+    first = int(lo * 16000) // CUT_FRAME
+    frames = audio[first * CUT_FRAME: int(hi * 16000) // CUT_FRAME * CUT_FRAME]
+    energy = np.square(frames.reshape(-1, CUT_FRAME), dtype=np.float64).mean(axis=1)
+    if energy.size < 3:
+        return hi
+    smooth = np.convolve(energy, np.ones(3), mode="valid")  # window k: frames k .. k+2
+    quiet = smooth <= smooth.min() * 1.5 + 1e-12
+    end = begin = int(np.flatnonzero(quiet)[-1])
+    while begin > 0 and quiet[begin - 1]:
+        begin -= 1
+    return (first + (begin + end) / 2 + 1.5) * CUT_FRAME / 16000
 
 
 def transcribe(model, audio, options: dict, at_time_res: float, seed: Optional[int] = None,
@@ -91,7 +118,7 @@ def transcribe(model, audio, options: dict, at_time_res: float, seed: Optional[i
     if "batch_size" in options:
         model = BatchedInferencePipeline(model)
         clips = options.get("clip_timestamps", "0")
-        options["clip_timestamps"] = batched_clips(clips, audio.shape[-1] / 16000)
+        options["clip_timestamps"] = batched_clips(clips, audio)
     if seed is not None:
         ctranslate2.set_random_seed(seed)
     segments, info = model.transcribe(audio, at_time_res=at_time_res, **options)
