@@ -88,12 +88,13 @@ def _same_segments(a, b):
     assert [(s.start, s.end, s.tokens) for s in a] == [(s.start, s.end, s.tokens) for s in b]
 
 
-def _expected_rows(at_model, features, seeks, n_frames, at_time_res):
-    """The rows whisper_at's own model and ChunkTagger give on the windows FW decoded."""
+def _expected_rows(at_model, features, seeks, n_frames, at_time_res, window_frames=3000):
+    """The rows whisper_at's own model and ChunkTagger give on the windows FW decoded
+    (``window_frames`` of audio each, padded to 30 s as FW pads them)."""
     tagger = ChunkTagger(at_model.at_model, n_frames, at_time_res)
     content = features.shape[-1] - 1
     for seek in seeks:
-        size = min(3000, content - seek)
+        size = min(window_frames, content - seek)
         window = torch.from_numpy(pad_or_trim(features[:, seek : seek + size]))
         _, pooled = at_model.embed_audio_with_layers(window)
         tagger.add_window(seek, pooled, size)
@@ -228,6 +229,22 @@ def test_word_timestamps_and_clip_timestamps(fw_one_pass, long_audio):
     # as whisper_at.transcribe (test_transcribe.py): rows no clip touches are NaN
     nan = torch.isnan(info.audio_tag).all(dim=1)
     assert nan.tolist() == [False, False, False, True, False, False, True]
+
+
+def test_chunk_length_10_windows(fw_plain, fw_exact, fw_one_pass, tiny_at, long_audio):
+    """FW's chunk_length=10: windows of 10 s of audio (FW pads each to 30 s before encoding);
+    exact text is FW's; tag rows come from those windows."""
+    plain, _ = _run_fw(fw_plain, long_audio, chunk_length=10, **GREEDY)
+    exact, info = _run_fw(fw_exact, long_audio, chunk_length=10, **GREEDY)
+    _same_segments(plain, exact)
+    one, one_info = _run_fw(fw_one_pass, long_audio, chunk_length=10, **GREEDY)
+    assert "favorite color" in " ".join(s.text for s in one)
+    features = fw_one_pass.feature_extractor(long_audio, chunk_length=10)
+    seeks = [round(start * 100) for start, _ in one_info.at_windows]
+    assert len(seeks) >= 6 and all(b - a <= 1000 for a, b in zip(seeks, seeks[1:]))
+    expected = _expected_rows(tiny_at, features, seeks, len(long_audio) // 160, 10, 1000)
+    assert not torch.isnan(expected).any()
+    torch.testing.assert_close(one_info.audio_tag, expected, atol=1e-4, rtol=1e-4)
 
 
 # ---------------------------------------------------------------- VAD: the original timeline
