@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import wav_duration
 from whisper.audio import SAMPLE_RATE
 
 from whisper_at import cli
@@ -65,6 +66,10 @@ def test_batched_pipeline_defaults_and_long_clips(tmp_path, fw_args, long_speech
     text = (tmp_path / "clip" / "long_speech.txt").read_text()
     # the clip's first sentence, and its last one (after 30 s of clip, in a later piece)
     assert "Please call" not in text and "favorite" in text and "listening" in text
+    # a clip that starts after the end: nothing decoded, as with openai-whisper (no error)
+    argv[-1] = f"{wav_duration(long_speech_wav) + 1:.1f}"
+    assert _run(argv, tmp_path / "after") == 0
+    assert (tmp_path / "after" / "long_speech.txt").read_text() == ""
 
 
 def test_language_names_become_codes():
@@ -112,6 +117,8 @@ def test_clip_timestamps_for_the_batched_pipeline(long_speech_wav):
     assert batched_clips("0", audio) is None
     assert batched_clips("5,25,40", audio) == [{"start": 5.0, "end": 25.0},
                                                 {"start": 40.0, "end": duration}]  # fmt: skip
+    assert batched_clips(f"5,{duration + 30}", audio) == batched_clips("5", audio)  # clamped
+    assert batched_clips(f"{duration + 1}", audio) == []
     pieces = batched_clips("5", audio)
     assert [p["start"] for p in pieces[1:]] == [p["end"] for p in pieces[:-1]]
     assert pieces[0]["start"] == 5.0 and pieces[-1]["end"] == duration and len(pieces) >= 2

@@ -26,7 +26,7 @@ DROPPED = ("fp16", "carry_initial_prompt", "verbose", "device", "model_dir", "au
 NUMBER_DEFAULTS = {"beam_size": 1, "best_of": 1, "patience": 1.0, "length_penalty": 1.0}
 CLIP_SECONDS = 30.0  # the batched pipeline decodes the first 30 s of each clip only
 CUT_SEARCH = 8.0  # a longer clip is cut at the quietest moment of the last 8 s of each piece
-CUT_FRAME = 1600  # samples (0.1 s) per energy frame; the quietest 0.3 s (3 frames) wins
+CUT_FRAME = 1600  # samples (0.1 s) per energy frame; energy is compared over 3 frames (0.3 s)
 
 
 def fw_options(args: dict, backend: dict) -> dict:
@@ -76,21 +76,25 @@ def _clip_points(clips: str) -> List[float]:
 
 def batched_clips(clips: str, audio: np.ndarray) -> Optional[List[dict]]:
     """openai-whisper's "start,end,start,end..." seconds as the batched pipeline's clip list
-    (None for "0": the whole file; an odd count ends at the end of the file). A clip longer
+    (None for "0": the whole file; an odd count ends at the end of the file; clips end there at
+    the latest, as openai-whisper's do). A clip longer
     than 30 s is cut into pieces of 30 s at most (the pipeline decodes 30 s of each clip),
     each cut in the middle of the last quiet stretch of its last 8 s, so words are not split."""
     points = _clip_points(clips)
     if not points:
         return None
+    duration = audio.shape[-1] / 16000
     if len(points) % 2:
-        points.append(audio.shape[-1] / 16000)
+        points.append(duration)
     pieces = []
     for start, end in zip(points[::2], points[1::2]):
+        end = min(end, duration)
         while end - start > CLIP_SECONDS:
             cut = quietest(audio, start + CLIP_SECONDS - CUT_SEARCH, start + CLIP_SECONDS)
             pieces.append({"start": start, "end": cut})
             start = cut
-        pieces.append({"start": start, "end": end})
+        if end > start:
+            pieces.append({"start": start, "end": end})
     return pieces
 
 
@@ -116,9 +120,12 @@ def transcribe(model, audio, options: dict, at_time_res: float, seed: Optional[i
     :func:`fw_options` (``batch_size``: FW's batched pipeline)."""
     options = dict(options)
     if "batch_size" in options:
-        model = BatchedInferencePipeline(model)
-        clips = options.get("clip_timestamps", "0")
-        options["clip_timestamps"] = batched_clips(clips, audio)
+        clips = batched_clips(options.get("clip_timestamps", "0"), audio)
+        if clips == []:  # every clip starts after the end: nothing to batch, nothing to decode
+            del options["batch_size"]
+        else:
+            model = BatchedInferencePipeline(model)
+            options["clip_timestamps"] = clips
     if seed is not None:
         ctranslate2.set_random_seed(seed)
     segments, info = model.transcribe(audio, at_time_res=at_time_res, **options)
