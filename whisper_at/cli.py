@@ -27,6 +27,7 @@ from .options import (
     add_gate_options,
     add_tagging_options,
     backend_options,
+    clip_timestamps,
     describe_failure,
     error,
     print_events,
@@ -75,7 +76,8 @@ class _CapturingParser(argparse.ArgumentParser):
 
 
 def upstream_parser() -> argparse.ArgumentParser:
-    """The argument parser of the installed ``whisper`` CLI, built by its own ``cli()`` code.
+    """The argument parser of the installed ``whisper`` CLI, built by its own ``cli()`` code
+    (``--clip_timestamps`` gets a type that checks it).
 
     ``cli()`` builds its parser inline, so it runs with private globals in which
     ``argparse.ArgumentParser`` is :class:`_CapturingParser` (nothing global is patched).
@@ -91,8 +93,13 @@ def upstream_parser() -> argparse.ArgumentParser:
     try:
         bound()
     except _Captured as captured:
-        return captured.parser
-    raise RuntimeError("unsupported openai-whisper version: cli() did not parse arguments")
+        parser = captured.parser
+    else:
+        raise RuntimeError("unsupported openai-whisper version: cli() did not parse arguments")
+    for action in parser._actions:  # checked once, not on every file
+        if action.dest == "clip_timestamps":
+            action.type = clip_timestamps
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,6 +49,19 @@ def seconds(value: str) -> float:
     return number
 
 
+def clip_timestamps(value: str) -> str:
+    """openai-whisper's ``--clip_timestamps`` ("start,end,start,end..." seconds), checked here
+    instead of failing on every file; the string is passed on unchanged."""
+    try:
+        points = [float(t) for t in value.split(",")]
+    except ValueError:
+        points = []
+    if not points or not all(0 <= p < float("inf") for p in points):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated seconds >= 0 (e.g. 0 or 5,25,40), got {value!r}")
+    return value
+
+
 def logit(value: str) -> float:
     number = float(value)
     if number != number:

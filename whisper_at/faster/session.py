@@ -194,7 +194,8 @@ class Session:
 
     def _fill_gaps(self):
         """Tag the rows no decoded window contained whole (VAD-removed stretches, skipped clips)
-        with extra encoder passes over the original audio, one 30 s window from each such row."""
+        with extra encoder passes over the original audio, one window from each such row (of
+        ``chunk_length`` seconds, padded to 30 s, as FW's decoding windows are)."""
         tagger, extractor = self.tagger, self.model.feature_extractor
         n_window = extractor.nb_max_frames
         for k in (~tagger.done).nonzero().flatten().tolist():
@@ -202,7 +203,7 @@ class Session:
                 continue
             seek = k * tagger.res_frames
             chunk = self.audio[seek * HOP_LENGTH : (seek + n_window) * HOP_LENGTH]
-            mel = pad_or_trim(extractor(chunk)[:, :-1], n_window)
+            mel = pad_or_trim(extractor(chunk)[:, :-1], N_FRAMES)
             pooled = self.model._at_pool(mel[None])
             tagger.add_window(seek, pooled[0], min(n_window, self.n_frames - seek))
 
