@@ -49,14 +49,21 @@ def seconds(value: str) -> float:
     return number
 
 
+def clip_points(clips: str) -> List[float]:
+    """openai-whisper's "start,end,start,end..." seconds as numbers; [] for the whole file
+    ("0"). A value that is not a number raises ValueError."""
+    points = [float(t) for t in clips.split(",")] if clips else []
+    return [] if points == [0.0] else points
+
+
 def clip_timestamps(value: str) -> str:
     """openai-whisper's ``--clip_timestamps`` ("start,end,start,end..." seconds), checked here
     instead of failing on every file; the string is passed on unchanged."""
     try:
-        points = [float(t) for t in value.split(",")]
+        points = clip_points(value) if value else None
     except ValueError:
-        points = []
-    if not points or not all(0 <= p < float("inf") for p in points):
+        points = None
+    if points is None or not all(0 <= p < float("inf") for p in points):
         raise argparse.ArgumentTypeError(
             f"expected comma-separated seconds >= 0 (e.g. 0 or 5,25,40), got {value!r}")
     return value

@@ -10,11 +10,12 @@ from typing import List, Optional
 
 import ctranslate2
 import numpy as np
+from whisper.audio import SAMPLE_RATE
 from whisper.tokenizer import TO_LANGUAGE_CODE
 from whisper.utils import format_timestamp
 
 from .. import outputs
-from ..options import describe_failure, error, print_events, report
+from ..options import clip_points, describe_failure, error, print_events, report
 from . import BatchedInferencePipeline, WhisperModel, to_whisper_result
 
 # openai-whisper's name -> faster-whisper's
@@ -44,7 +45,7 @@ def fw_options(args: dict, backend: dict) -> dict:
         options[RENAMED.get(name, name)] = value
     vad_filter = backend.get("vad_filter")
     if vad_filter is None:  # FW's defaults: off, but on for the batched pipeline given no clips
-        vad_filter = bool(backend.get("batch_size")) and not _clip_points(
+        vad_filter = bool(backend.get("batch_size")) and not clip_points(
             options.get("clip_timestamps", "0"))  # fmt: skip
     options["vad_filter"] = vad_filter
     options["at_fill_gaps"] = backend.get("at_fill_gaps", False)
@@ -68,22 +69,16 @@ def load_model(name: str, device: Optional[str], model_dir: Optional[str], backe
     )  # fmt: skip
 
 
-def _clip_points(clips: str) -> List[float]:
-    """openai-whisper's "start,end,start,end..." seconds; [] for the whole file ("0")."""
-    points = [float(t) for t in clips.split(",")] if clips else []
-    return [] if points == [0.0] else points
-
-
 def batched_clips(clips: str, audio: np.ndarray) -> Optional[List[dict]]:
     """openai-whisper's "start,end,start,end..." seconds as the batched pipeline's clip list
     (None for "0": the whole file; an odd count ends at the end of the file; clips end there at
     the latest, as openai-whisper's do). A clip longer
     than 30 s is cut into pieces of 30 s at most (the pipeline decodes 30 s of each clip),
     each cut in the middle of the last quiet stretch of its last 8 s, so words are not split."""
-    points = _clip_points(clips)
+    points = clip_points(clips)
     if not points:
         return None
-    duration = audio.shape[-1] / 16000
+    duration = audio.shape[-1] / SAMPLE_RATE
     if len(points) % 2:
         points.append(duration)
     pieces = []
@@ -101,8 +96,8 @@ def batched_clips(clips: str, audio: np.ndarray) -> Optional[List[dict]]:
 def quietest(audio: np.ndarray, lo: float, hi: float) -> float:
     """Seconds: the middle of the latest quietest stretch of [lo, hi] in 16 kHz ``audio`` (0.3 s
     windows within 1.5x the quietest one's energy); ``hi`` when no 0.3 s fits (end of file)."""
-    first = int(lo * 16000) // CUT_FRAME
-    frames = audio[first * CUT_FRAME: int(hi * 16000) // CUT_FRAME * CUT_FRAME]
+    first = int(lo * SAMPLE_RATE) // CUT_FRAME
+    frames = audio[first * CUT_FRAME: int(hi * SAMPLE_RATE) // CUT_FRAME * CUT_FRAME]
     energy = np.square(frames.reshape(-1, CUT_FRAME), dtype=np.float64).mean(axis=1)
     if energy.size < 3:
         return hi
@@ -111,7 +106,7 @@ def quietest(audio: np.ndarray, lo: float, hi: float) -> float:
     end = begin = int(np.flatnonzero(quiet)[-1])
     while begin > 0 and quiet[begin - 1]:
         begin -= 1
-    return (first + (begin + end) / 2 + 1.5) * CUT_FRAME / 16000
+    return (first + (begin + end) / 2 + 1.5) * CUT_FRAME / SAMPLE_RATE
 
 
 def transcribe(model, audio, options: dict, at_time_res: float, seed: Optional[int] = None,
@@ -147,9 +142,9 @@ def transcribe_files(model, args: dict, backend: dict, output_dir: str, output_f
                 raise ValueError(f"{audio_path}: audio is empty (0 samples decoded)")
             result = transcribe(model, audio, decode, time_res, verbose=verbose)
             if verbose:
-                print_events(result, audio.shape[-1] / 16000, options)
+                print_events(result, audio.shape[-1] / SAMPLE_RATE, options)
             outputs.write_outputs(result, audio_path, output_dir, output_format, writer_args,
-                                  options, duration=audio.shape[-1] / 16000)  # fmt: skip
+                                  options, duration=audio.shape[-1] / SAMPLE_RATE)  # fmt: skip
             done += 1
         except Exception as e:
             error(describe_failure(audio_path, e))
