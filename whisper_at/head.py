@@ -14,6 +14,7 @@ from whisper.model import ResidualAttentionBlock
 NUM_CLASSES = 527
 LOW_COMPUTE_DIM = 512
 POOL_STRIDE = 20  # encoder frames (20 ms each) averaged into one pooled frame
+MEL_PER_POOLED = 2 * POOL_STRIDE  # mel frames (10 ms) per pooled frame
 FRAMES_PER_SECOND = 2.5  # pooled frames per second of audio: 100 / 2 / 20
 
 

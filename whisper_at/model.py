@@ -232,7 +232,7 @@ class WhisperAT(Whisper):
             if options.fp16:
                 mel = mel.half()
             features = self._encode(mel, record=True)
-            if session.gate is not None and mel.ndim == 2:  # the speech gate (gate.py)
+            if session.gate is not None and mel.ndim == 2:  # the speech gate (whisper_at.gate)
                 skipped = session.gate(mel, features, options)
                 if skipped is not None:
                     return skipped

@@ -118,11 +118,19 @@ def probability(value: str) -> float:
 
 
 def add_gate_options(parser: argparse.ArgumentParser):
-    """``--at_speech_gate`` and ``--at_segment_info`` (transcription only; docs/gate.md)."""
+    """``--at_speech_gate``, ``--at_gate_margin`` and ``--at_segment_info`` (transcription
+    only; docs/gate.md)."""
     group = parser.add_argument_group("speech gate and segment evidence (Whisper-AT)")
+    from .gate import DEFAULT_MARGIN
+
     group.add_argument("--at_speech_gate", type=probability, default=None, metavar="P",
                        help="skip stretches whose speech probability (from the tags) is below P "
-                            "before decoding them, and drop segments inside them")
+                            "before decoding them, drop segments in them and hold segment "
+                            "times to the speech")
+    group.add_argument("--at_gate_margin", type=seconds, default=DEFAULT_MARGIN,
+                       metavar="SECONDS",
+                       help="with --at_speech_gate: decoding resumes this long before the "
+                            "earliest likely speech")
     group.add_argument("--at_segment_info", action="store_true",
                        help="add each segment's speech probability, sound events and "
                             "hallucination flag to the json output")

@@ -17,10 +17,10 @@ import torch
 from torch import Tensor
 
 from .audio_io import as_audio
-from .head import NUM_CLASSES, frames_per_chunk
+from .gate.track import SpeechTrack
+from .head import MEL_PER_POOLED, NUM_CLASSES, frames_per_chunk
 from .mel import MelWindows
 
-MEL_PER_POOLED = 40  # mel frames (10 ms) per pooled encoder frame
 TRAINED_TIME_RES = 10
 
 
@@ -49,10 +49,15 @@ def check_at_time_res(at_time_res) -> float:
 
 class ChunkTagger:
     """Collects windows' pooled features and turns them into ``audio_tag`` rows, streaming:
-    rows are tagged as soon as a window contains them, so memory does not grow with the audio."""
+    rows are tagged as soon as a window contains them, so memory does not grow with the audio.
+    ``speech_track=True`` (the speech gate) also keeps the speech probability of every 0.4 s
+    pooled frame (:class:`~whisper_at.gate.track.SpeechTrack`)."""
 
-    def __init__(self, head, content_frames: int, at_time_res: float, keep_features=False):
+    def __init__(self, head, content_frames: int, at_time_res: float, keep_features=False,
+                 speech_track: bool = False):  # fmt: skip
         self.head = head
+        self.content_frames = content_frames
+        self.speech_track = SpeechTrack(head, content_frames) if speech_track else None
         self.res_frames = round(at_time_res / 0.4) * MEL_PER_POOLED  # mel frames per row
         self.width = frames_per_chunk(at_time_res)  # pooled frames per row
         self.n_rows = -(-content_frames // self.res_frames)
@@ -87,6 +92,8 @@ class ChunkTagger:
             lo, hi = seek + region[0], seek + min(region[1], valid)
             low = min(-(-region[0] // MEL_PER_POOLED), high)
             high = max(low, min(high, min(region[1], valid) // MEL_PER_POOLED - self.width))
+        if self.speech_track is not None:
+            self.speech_track.add_window(seek, pooled, lo, hi)
         first = max(0, lo // self.res_frames)
         last = min(self.n_rows, -(-hi // self.res_frames))
         rows, chunks = [], []

@@ -125,6 +125,7 @@ def transcribe(
     at_time_res: float = TRAINED_TIME_RES,
     return_audio_features: bool = False,
     at_speech_gate: Optional[float] = None,
+    at_gate_margin: float = gate.DEFAULT_MARGIN,
     at_segment_info: bool = False,
     **transcribe_options,
 ) -> dict:
@@ -136,10 +137,12 @@ def transcribe(
     ``return_audio_features=True`` adds ``audio_features_for_at`` [n_windows, n_layer, 75, d], the
     pooled layer features of every decoded window.
 
-    ``at_speech_gate=P`` (0..1) skips the stretches whose tag rows' speech probability is below
-    P before decoding them and drops segments lying wholly inside such rows (``at_gate`` reports
-    what); ``at_segment_info=True`` adds each segment's speech probability, sound events and a
-    hallucination flag. Both need a head; see docs/gate.md.
+    ``at_speech_gate=P`` (0..1) skips, before decoding them, the stretches whose speech
+    probability is below P, resuming ``at_gate_margin`` seconds before the first speech the
+    head finds (rows and 0.4 s frames); it drops segments that meet no speech or start past the
+    end, holds the others' ends to the speech, and starts the prompt afresh after each skip
+    (``at_gate`` reports what it did); ``at_segment_info=True`` adds each segment's speech
+    probability, sound events and a hallucination flag. Both need a head; see docs/gate.md.
     """
     if not callable(getattr(model, "open_session", None)):  # a WhisperAT
         raise TypeError(
@@ -148,9 +151,12 @@ def transcribe(
         )
     at_time_res = check_at_time_res(at_time_res)
     head = model.at_model if model.has_at_head else None
+    gate_options = None
     if at_speech_gate is not None:
-        at_speech_gate = gate.check_threshold(at_speech_gate)
+        gate_options = gate.GateOptions.checked(at_speech_gate, at_gate_margin)
         gate.check_head(head)
+    else:
+        gate.check_margin(at_gate_margin)
     if at_segment_info:
         gate.check_head(head, "at_segment_info")
     audio = as_audio(audio)
@@ -158,7 +164,8 @@ def transcribe(
     taggers, tagged = [], set()  # the tagger, the seeks of the windows it has
 
     def new_tagger() -> ChunkTagger:
-        return ChunkTagger(head, locator.content_frames, at_time_res, return_audio_features)
+        return ChunkTagger(head, locator.content_frames, at_time_res, return_audio_features,
+                           speech_track=gate_options is not None)
 
     def on_window(segment: Tensor, pooled: Tensor):
         if not taggers:
@@ -175,9 +182,9 @@ def transcribe(
             taggers[0].add_window(seek, pooled, valid)
 
     window_gate, names = None, {}
-    if at_speech_gate is not None:
+    if gate_options is not None:
         tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages)
-        window_gate = gate.WindowGate(at_speech_gate, tokenizer.timestamp_begin,
+        window_gate = gate.WindowGate(gate_options, tokenizer.timestamp_begin,
                                       transcribe_options)
         names["make_safe"] = window_gate.make_safe
 
@@ -202,14 +209,16 @@ def transcribe(
     if model.has_at_head:
         result["audio_tag"] = tagger.finish()
         result["at_time_res"] = at_time_res
-        res_frames = tagger.res_frames
+        duration = locator.content_frames / gate.FRAMES_PER_SECOND
         if window_gate is not None:
             tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages,
                                       language=result["language"])
-            window_gate.finish(result, result["audio_tag"], res_frames, tokenizer)
+            window_gate.finish(result, tagger, tokenizer, duration)
         if at_segment_info:
-            threshold = gate.DEFAULT_FLAG_THRESHOLD if at_speech_gate is None else at_speech_gate
-            gate.add_segment_info(result["segments"], result["audio_tag"], res_frames, threshold)
+            threshold = (gate.DEFAULT_FLAG_THRESHOLD if gate_options is None
+                         else gate_options.threshold)  # fmt: skip
+            gate.add_segment_info(result["segments"], result["audio_tag"], tagger.res_frames,
+                                  threshold, duration)  # fmt: skip
     if return_audio_features:
         result["audio_features_for_at"] = tagger.audio_features()
     return result

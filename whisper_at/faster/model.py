@@ -23,7 +23,7 @@ from typing import Optional
 import faster_whisper
 from faster_whisper.utils import download_model
 
-from .. import _head_from_state, _load_head_state
+from .. import _head_from_state, _load_head_state, gate
 from ..formats import weights
 from .encoder import COMPUTE_TYPES, TorchEncoder, ct2_activation, encoder_dtype, torch_device
 from .session import GENERATE_SEGMENTS, active_session, run
@@ -146,7 +146,7 @@ class TaggingMixin:
             silence = silence if options.word_timestamps else None
             steps = session.gate.decide(session.tagger, *session.current, silence)
             if steps:
-                return session.gate.skip(steps, tokenizer.timestamp_begin, options.temperatures[0])
+                return session.gate.skip(steps, tokenizer.timestamp_begin)
         return super().generate_with_fallback(encoder_output, prompt, tokenizer, options)
 
     def generate_segments(self, features, *args, **kwargs):
@@ -162,19 +162,20 @@ class TaggingMixin:
 
     def transcribe(self, audio, *args, at_time_res: float = 10, at_fill_gaps: bool = False,
                    at_speech_gate: Optional[float] = None, at_segment_info: bool = False,
-                   **kwargs):  # fmt: skip
+                   at_gate_margin: float = gate.DEFAULT_MARGIN, **kwargs):  # fmt: skip
         """FW's ``transcribe`` (same arguments, same lazy ``(segments, info)``), with ``info``
         a :class:`~whisper_at.faster.TaggedTranscriptionInfo`: ``info.audio_tag`` once the
         segments are consumed. ``at_time_res``: seconds per tag row (a multiple of 0.4).
         ``at_fill_gaps=True`` also tags the stretches FW did not decode (removed by
         ``vad_filter``, outside ``clip_timestamps``) with extra encoder passes; by default
-        rows there are NaN. ``at_speech_gate=P`` / ``at_segment_info=True``: the speech gate
-        and per-segment evidence of ``whisper_at.transcribe`` (docs/gate.md; with
-        ``vad_filter`` the gate drops segments but does not skip, VAD having chosen what to
-        decode); ``info.at_gate`` reports what the gate did."""
+        rows there are NaN. ``at_speech_gate=P`` / ``at_gate_margin`` /
+        ``at_segment_info=True``: the speech gate and per-segment evidence of
+        ``whisper_at.transcribe`` (docs/gate.md; with ``vad_filter`` the gate judges segments
+        but does not skip, VAD having chosen what to decode); ``info.at_gate`` reports what the
+        gate did."""
         fn = super().transcribe.__func__
         return run(self, fn, self, audio, args, kwargs, at_time_res, at_fill_gaps,
-                   at_speech_gate, at_segment_info)
+                   at_speech_gate, at_segment_info, at_gate_margin)
 
 
 _SIGNATURE = inspect.signature(faster_whisper.WhisperModel.__init__)

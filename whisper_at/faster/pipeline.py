@@ -3,6 +3,7 @@ offset and duration in the audio FW decodes) places its window in the original a
 
 import faster_whisper
 
+from ..gate import DEFAULT_MARGIN
 from .model import TaggingMixin
 from .session import active_session, run
 
@@ -30,9 +31,10 @@ class BatchedInferencePipeline(faster_whisper.BatchedInferencePipeline):
             session.batch = None
 
     def transcribe(self, audio, *args, at_time_res: float = 10, at_fill_gaps: bool = False,
-                   at_speech_gate=None, at_segment_info: bool = False, **kwargs):  # fmt: skip
+                   at_speech_gate=None, at_segment_info: bool = False,
+                   at_gate_margin: float = DEFAULT_MARGIN, **kwargs):  # fmt: skip
         """FW's batched ``transcribe`` (same arguments and lazy results) with tags in
         ``info.audio_tag``; see :meth:`whisper_at.faster.WhisperModel.transcribe`."""
         fn = super().transcribe.__func__
         return run(self.model, fn, self, audio, args, kwargs, at_time_res, at_fill_gaps,
-                   at_speech_gate, at_segment_info)
+                   at_speech_gate, at_segment_info, at_gate_margin)

@@ -65,18 +65,28 @@ class TaggedTranscriptionInfo(TranscriptionInfo):
         return self._session.at_gate
 
     def segment_info(self, segment) -> dict:
-        """A segment's evidence (``at_speech_prob``, ``at_events``, ``at_hallucination``; rules
-        in docs/gate.md), from the final tags."""
+        """A segment's evidence (``at_speech_prob``, ``at_events``, ``at_hallucination``,
+        ``at_reason``; rules in docs/gate.md), from the final tags; with the speech gate, also
+        ``at_original_times`` when the gate moved its ends."""
         audio_tag, session = self.audio_tag, self._session
         if audio_tag is None:
             raise RuntimeError("segment evidence needs an audio-tagging head")
-        threshold = gate.DEFAULT_FLAG_THRESHOLD if session.gate is None else session.gate.threshold
+        threshold = (gate.DEFAULT_FLAG_THRESHOLD if session.gate is None
+                     else session.gate.options.threshold)  # fmt: skip
         start, end, text = (segment[k] if isinstance(segment, dict) else getattr(segment, k)
                             for k in ("start", "end", "text"))  # fmt: skip
         segment = {"start": float(start), "end": float(end), "text": text}
-        return gate.segment_evidence(segment, audio_tag,
-                                     gate.speech_probability(audio_tag),
-                                     session.tagger.res_frames, threshold)  # fmt: skip
+        info = gate.segment_evidence(segment, audio_tag, gate.speech_probability(audio_tag),
+                                     session.tagger.res_frames, threshold,
+                                     duration=session.n_frames / gate.FRAMES_PER_SECOND)
+        info.update(self._moved(segment))
+        return info
+
+    def _moved(self, segment: dict) -> dict:
+        """``{"at_original_times": [start, end]}`` if the gate moved the segment's ends."""
+        held = self._session.gate
+        original = held.original.get((segment["start"], segment["end"])) if held else None
+        return {} if original is None else {"at_original_times": original}
 
 
 def _word(word) -> dict:
@@ -118,7 +128,9 @@ def to_whisper_result(segments: Iterable[Segment], info: TranscriptionInfo) -> d
         result["at_time_res"] = info.at_time_res
         if info.at_gate is not None:
             result["at_gate"] = info.at_gate
-        if info._session.segment_info:
-            for segment in result["segments"]:
+        for segment in result["segments"]:
+            if info._session.segment_info:
                 segment.update(info.segment_info(segment))
+            else:
+                segment.update(info._moved(segment))
     return result

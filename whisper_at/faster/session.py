@@ -70,12 +70,14 @@ class Session:
     """Tag rows of one transcription (``model`` has the :class:`TaggingMixin`)."""
 
     def __init__(self, model, audio: np.ndarray, at_time_res: float, fill_gaps: bool,
-                 speech_gate: Optional[float] = None, segment_info: bool = False):  # fmt: skip
+                 gate_options: Optional[gate.GateOptions] = None,
+                 segment_info: bool = False):  # fmt: skip
         self.model = model
         self.n_frames = audio.shape[0] // HOP_LENGTH  # mel frames of the original audio
         self.at_time_res = at_time_res
         head = model.at_model
-        self.tagger = ChunkTagger(head, self.n_frames, at_time_res) if head is not None else None
+        self.tagger = None if head is None else ChunkTagger(
+            head, self.n_frames, at_time_res, speech_track=gate_options is not None)
         self.audio = audio if fill_gaps and head is not None else None
         self.timeline = Timeline()
         self.locator: Optional[FeatureLocator] = None  # sequential decoding: its features
@@ -87,7 +89,9 @@ class Session:
         self.pending: Deque[tuple] = deque()  # (pooled or its future, places), in order
         self.audio_tag = None
         self.finished = False
-        self.gate = FasterGate(speech_gate) if speech_gate is not None else None
+        self.gate = None
+        if gate_options is not None:
+            self.gate = FasterGate(gate_options, self.n_frames / gate.FRAMES_PER_SECOND)
         self.segment_info = segment_info
         self.at_gate: Optional[dict] = None
         self.windows: List[Tuple[int, int]] = []  # (filtered start sample, audio frames) tagged
@@ -233,7 +237,7 @@ GENERATE_SEGMENTS = rebind(faster_whisper.WhisperModel.generate_segments,
 
 def _segments(model, session: Session, segments) -> Iterator:
     """FW's lazy segments, with the session active while each one is made; with the speech
-    gate, the segments lying wholly inside non-speech rows are left out."""
+    gate, as it judges them (dropped or held to the speech: :meth:`FasterGate.judge`)."""
     segments = iter(segments)
     while True:
         with activated(model, session):
@@ -243,20 +247,25 @@ def _segments(model, session: Session, segments) -> Iterator:
                 break
             if session.gate is not None and session.pending:
                 session.flush()  # exact mode: the rows the segment lies in must be there
-            if session.gate is not None and not session.gate.keep(segment, session.tagger):
-                continue
+            if session.gate is not None:
+                segment = session.gate.judge(segment, session.tagger)
+                if segment is None:
+                    continue
         yield segment
     session.finish()
 
 
 def run(model, transcribe, owner, audio, args, kwargs, at_time_res, fill_gaps,
-        speech_gate=None, segment_info=False):  # fmt: skip
+        speech_gate=None, segment_info=False, gate_margin=gate.DEFAULT_MARGIN):  # fmt: skip
     """``transcribe(owner, audio, *args, **kwargs)`` (FW's function) with tagging: returns
     (lazy segments, :class:`TaggedTranscriptionInfo`)."""
     at_time_res = check_at_time_res(at_time_res)
+    gate_options = None
     if speech_gate is not None:
-        speech_gate = gate.check_threshold(speech_gate)
+        gate_options = gate.GateOptions.checked(speech_gate, gate_margin)
         gate.check_head(model.at_model)
+    else:
+        gate.check_margin(gate_margin)
     if segment_info:
         gate.check_head(model.at_model, "at_segment_info")
     if not isinstance(fill_gaps, bool):
@@ -265,7 +274,7 @@ def run(model, transcribe, owner, audio, args, kwargs, at_time_res, fill_gaps,
         audio = decode_audio(audio, sampling_rate=model.feature_extractor.sampling_rate)
     if audio.ndim != 1:
         raise ValueError(f"audio must be a 1-D waveform, got shape {audio.shape}")
-    session = Session(model, audio, at_time_res, fill_gaps, speech_gate, segment_info)
+    session = Session(model, audio, at_time_res, fill_gaps, gate_options, segment_info)
     if "get_speech_timestamps" not in transcribe.__globals__ and kwargs.get("vad_filter"):
         warnings.warn(
             f"{transcribe.__qualname__} is not faster-whisper's: VAD chunks cannot be mapped "

@@ -242,7 +242,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     backend = backend_options(parser, args, batch_size=False)
     if task == "tag" and backend["backend"] != "openai-whisper":
         parser.error("--task tag runs the tagging encoder only: --backend applies to transcribe")
-    gate = {name: args.pop(name) for name in ("at_speech_gate", "at_segment_info")}
+    gate = {name: args.pop(name)
+            for name in ("at_speech_gate", "at_gate_margin", "at_segment_info")}  # fmt: skip
     if task != "tag":  # transcribe options (docs/gate.md)
         args.update(gate)
     elif gate["at_speech_gate"] is not None or gate["at_segment_info"]:
