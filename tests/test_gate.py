@@ -197,6 +197,10 @@ def test_bad_gate_arguments_are_named(tiny_speech, tiny_en_pt, speech_wav):
     for value in ("0.5", True, np.bool_(True)):
         with pytest.raises(TypeError, match="at_speech_gate must be a speech probability"):
             whisper_at.transcribe(tiny_speech, str(speech_wav), at_speech_gate=value)
+    for value, error in ((-1, ValueError), (math.inf, ValueError), ("1", TypeError)):
+        with pytest.raises(error, match="at_gate_margin must be a number of seconds >= 0"):
+            whisper_at.transcribe(tiny_speech, str(speech_wav), at_speech_gate=0.5,
+                                  at_gate_margin=value)
     # numpy's numbers are numbers (a threshold computed with numpy, e.g. a quantile)
     numpy_run, float_run = (whisper_at.transcribe(tiny_speech, str(speech_wav), fp16=False,
                                                   at_speech_gate=p)
@@ -225,13 +229,14 @@ def test_cli_gate_and_segment_info(tiny_en_pt, speech_head_file, gate_wav, tmp_p
     path, parts = gate_wav
     common = ["--model", str(tiny_en_pt), "--at_head", str(speech_head_file), "--fp16", "False",
               "-o", str(tmp_path)]
-    proc = _cli(str(path), *common, "--at_speech_gate", "0.5", "--at_segment_info",
-                "-f", "json", cwd=tmp_path)
+    proc = _cli(str(path), *common, "--at_speech_gate", "0.5", "--at_gate_margin", "1",
+                "--at_segment_info", "-f", "json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"\[00:30\.000 --> 01:00\.000\] \(speech gate: no speech, skipped\)",
                      proc.stdout), proc.stdout
     document = json.loads((tmp_path / "gate.json").read_text())
     assert document["at_gate"]["threshold"] == 0.5 and document["at_gate"]["skipped"]
+    assert document["at_gate"]["margin"] == 1.0
     assert all({"at_speech_prob", "at_events", "at_hallucination"} <= set(s)
                for s in document["segments"])
     assert "library" in document["text"].lower()
@@ -240,6 +245,10 @@ def test_cli_gate_and_segment_info(tiny_en_pt, speech_head_file, gate_wav, tmp_p
     assert proc.returncode == 2
     assert "argument --at_speech_gate: must be a speech probability in [0, 1], got 1.5" in (
         proc.stderr)
+    proc = _cli(str(path), *common, "--at_speech_gate", "0.5", "--at_gate_margin", "-1",
+                cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "argument --at_gate_margin: must be a number of seconds >= 0, got -1" in proc.stderr
     proc = _cli(str(path), "--model", str(tiny_en_pt), "--at_segment_info", "-o",
                 str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 2

@@ -136,7 +136,7 @@ def gate_summary(result: dict) -> str:
     skipped = sum(end - start for start, end in report["skipped"])
     return (f"; speech gate {report['threshold']:g}: skipped {skipped:.1f} s in "
             f"{len(report['skipped'])} stretch(es), dropped {len(report['dropped_segments'])} "
-            "segment(s)")
+            f"segment(s), held {len(report['moved_segments'])} to the speech")
 
 
 def _prune(root: str, max_age: float = KEEP_OUTPUTS):
