@@ -128,7 +128,7 @@ def test_bfloat16_on_request_is_close_to_float32(tiny_at, long_speech_wav, float
     with capsys.disabled():
         print("\nbfloat16 vs float32 tags, tiny.en + random head, 61 s: " +
               ", ".join(f"{k} {v:.4f}" for k, v in stats.items()))
-    # measured here: max 0.020, mean 0.0035, top-1 7/7, top-5 overlap 1.0
+    # measured here: max 0.031, mean 0.0046, top-1 7/7, top-5 sets equal on 7/7 rows
     assert stats["max"] < 0.1 and stats["mean"] < 0.02, stats
     assert stats["top1"] >= 6 / 7 and stats["topk_overlap"] >= 0.8, stats
     # the model is left as it was: float32 weights, float32 head, transcribe's encoder
