@@ -61,6 +61,7 @@ def test_cpu_flags_decide_auto():
         assert encoder_dtype(CPU, "float32", native_bf16=native) == torch.float32
         assert encoder_dtype(CUDA, "auto", native_bf16=native) == torch.float16
     assert encoder_dtype(CUDA, "float32") == torch.float32
+    assert encoder_dtype(torch.device("mps"), "auto", native_bf16=True) == torch.float32
     assert encoder_dtype(CUDA, "bfloat16") == torch.bfloat16
     with pytest.raises(ValueError, match=r"at_compute_type='float16' needs CUDA"):
         encoder_dtype(CPU, "float16")

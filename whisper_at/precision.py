@@ -5,9 +5,9 @@ the faster-whisper backend's tagging encoder; ``transcribe`` (openai-whisper bac
 encodes in the model's own precision. Imports torch only (not faster-whisper or CTranslate2).
 
 ``"auto"`` is float16 on CUDA, bfloat16 on a CPU that computes it natively (AVX512-BF16 or
-AMX-BF16), float32 elsewhere. A lower precision than the weights' runs under ``torch.autocast``
-(:func:`autocast_dtype`): the weights stay as they are, layer norms run in float32, and the
-encoder's outputs are handed back in float32.
+AMX-BF16), float32 on other CPUs and devices. A lower precision than the weights' runs under
+``torch.autocast`` (:func:`autocast_dtype`): the weights stay as they are, layer norms run in
+float32, and the encoder's outputs are handed back in float32.
 """
 
 from typing import FrozenSet, Optional
@@ -73,6 +73,8 @@ def encoder_dtype(device: torch.device, compute_type: str = "auto",
     if compute_type == "auto":
         if device.type == "cuda":
             return torch.float16
+        if device.type != "cpu":  # other accelerators (mps, ...): as transcribe
+            return torch.float32
         if native_bf16 is None:
             native_bf16 = native_bfloat16()
         return torch.bfloat16 if native_bf16 else torch.float32
