@@ -4,7 +4,10 @@ For each model: ``model.tag`` (log-mel, encoder with the pooling tap, TL-TR head
 plain openai-whisper encoder run on the same batched 30 s windows, alternated in one process,
 for batch sizes 1, 2, 4, 8; x real time; speed-up over ``transcribe`` (with tags) on the same
 audio; and ``window_seconds=10`` (encoder on 10 s windows): its speed and how far its tags are
-from the 30 s path's. Target: tag / bare encoder <= 1.10.
+from the 30 s path's; and the encoder's precision (``at_compute_type``: float32, auto, bfloat16,
+batch 1, on the first ``--precision_seconds`` of the audio): wall time of each against float32,
+alternated in one process, and how far its tags are from float32's. Target: tag / bare encoder
+<= 1.10.
 """
 
 import argparse
@@ -14,6 +17,7 @@ import common
 
 TARGET = 1.10
 BATCH_SIZES = (1, 2, 4, 8)
+PRECISIONS = ("float32", "auto", "bfloat16")
 
 
 def windows(model, audio, window_seconds: int):
@@ -83,6 +87,21 @@ def tag_diff(model, audio, batch_size: int) -> dict:
     }
 
 
+def precision(model, audio, repeats: int) -> dict:
+    """model.tag at each at_compute_type (batch 1): median wall seconds (alternated) and
+    agreement with float32's tags (testkit.logit_agreement: max / mean |dlogit|, top-1, top-5)."""
+    import testkit
+
+    variants = {c: (lambda c=c: model.tag(audio, batch_size=1, at_compute_type=c))
+                for c in PRECISIONS}  # fmt: skip
+    tags = {c: fn()["audio_tag"] for c, fn in variants.items()}  # also the warm-up
+    times = common.alternate(variants, repeats)
+    return {c: {"s": common.median(times[c]), "paired": common.paired_ratio(times[c],
+                                                                            times["float32"]),
+                **testkit.logit_agreement(tags["float32"], tags[c])}
+            for c in PRECISIONS}  # fmt: skip
+
+
 def bench_model(name: str, args, audio) -> dict:
     import torch
 
@@ -124,6 +143,7 @@ def bench_model(name: str, args, audio) -> dict:
     transcribe_s = common.median(
         [common.timed(transcribe)[0] for _ in range(args.transcribe_repeats)]
     )
+    short = audio[: int(args.precision_seconds * common.SAMPLE_RATE)]
     return {
         "model": name,
         "seconds": seconds,
@@ -132,6 +152,8 @@ def bench_model(name: str, args, audio) -> dict:
         "at10": at10,
         "diff": diff,
         "transcribe": transcribe_s,
+        "precision": precision(at, short, args.repeats),
+        "precision_seconds": len(short) / common.SAMPLE_RATE,
     }
 
 
@@ -140,10 +162,15 @@ def main():
     common.add_common_args(parser, seconds=240, repeats=3)
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=list(BATCH_SIZES))
     parser.add_argument("--transcribe_repeats", type=int, default=1)
+    parser.add_argument("--precision_seconds", type=float, default=60,
+                        help="audio for the at_compute_type comparison (emulated bfloat16 is "
+                        "slow)")
     args = common.parse_args(parser)
     if args.quick:
         args.batch_sizes = [1]
     import torch
+
+    from whisper_at.precision import encoder_dtype, native_bfloat16
 
     audio_path = common.make_audio(args.seconds)
     audio = common.load_wav(audio_path)
@@ -152,6 +179,10 @@ def main():
         f"# torch.get_num_threads() = {torch.get_num_threads()}, "
         f"interop threads = {torch.get_num_interop_threads()}"
     )
+    native = native_bfloat16()
+    auto = str(encoder_dtype(torch.device("cpu"), "auto")).replace("torch.", "")
+    print(f"# native bfloat16 on this CPU (AVX512-BF16 / AMX): {'yes' if native else 'no'}; "
+          f"at_compute_type auto = {auto}")
     results = [bench_model(name, args, audio) for name in args.models]
 
     rows = []
@@ -223,8 +254,26 @@ def main():
         )
     )
 
+    rows = []
+    for res in results:
+        for compute_type, p in res["precision"].items():
+            rows.append([res["model"], compute_type, f"{res['precision_seconds']:.0f}", p["s"],
+                         p["s"] / res["precision"]["float32"]["s"], p["paired"], p["max"],
+                         p["mean"], p["top1"], p["topk_overlap"], p["topk_same"]])
+    print(f"\n## at_compute_type: model.tag (batch 1) vs float32 (medians of {args.repeats}; "
+          f"auto = {auto} here)\n")
+    print(
+        common.table(
+            ["model", "at_compute_type", "audio s", "tag s", "wall / float32",
+             "paired ratio", "max |dlogit|", "mean |dlogit|", "top-1 agree", "top-5 overlap",
+             "rows with same top-5"],
+            rows,
+        )
+    )
+
     summary = []
     for res in results:
+        bf16 = res["precision"]["bfloat16"]
         worst = max(t["tag"] / t["bare"] for t in res["sweep"].values())
         t30 = res["sweep"][max(res["sweep"])]
         summary.append(
@@ -235,6 +284,9 @@ def main():
             f", 10 s windows x{t30['tag'] / res['at10']['tag']:.2f} faster"
             f" (top-1 agree {res['diff']['top1']:.2f}, "
             f"last-layer feature diff {res['diff']['feat_last']:.0%})"
+            f", bfloat16 wall x{bf16['paired']:.2f} of float32"
+            f" ({'native' if native else 'emulated'}; max |dlogit| {bf16['max']:.3f}, "
+            f"top-5 overlap {bf16['topk_overlap']:.2f})"
         )
     print(f"\nSUMMARY bench_tagging: {'; '.join(summary)} (target tag/encoder <= {TARGET})")
 

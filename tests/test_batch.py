@@ -23,6 +23,7 @@ from whisper_at.jobs.shards import (
     read_results,
     shard_records,
 )
+from whisper_at.labels import label_names
 from whisper_at.tagging import tag
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,6 +137,26 @@ def test_tag_batches_windows_across_files(tiny_at, collection, long_speech_wav, 
         assert audio_tag.shape == expected.shape
         assert (audio_tag - expected).abs().max() < 1e-5
         assert len(line["tags"]) == expected.shape[0] and line["tags"][0]["tags"]
+
+
+def test_tag_task_takes_at_compute_type(tiny_at, collection, model_args, tmp_path):
+    """batch --task tag --at_compute_type bfloat16: each file's rows are model.tag's in
+    bfloat16 (10 s windows: emulated bfloat16 is slow on this CPU)."""
+    paths = [str(collection / "clip01.wav"), str(collection / "clip02.wav")]
+    status = batch.main([str(collection / "clip0[12].wav"), str(tmp_path), *model_args,
+                         "--task", "tag", "--at_window", "10", "--at_compute_type", "bfloat16",
+                         "--at_top_k", "527", "--at_threshold=-inf"])
+    assert status == 0
+    records = {record["path"]: record for record in shard_records(str(tmp_path))}
+    assert sorted(records) == paths
+    index = {name: i for i, name in enumerate(label_names("en"))}
+    for path in paths:
+        expected = tag(tiny_at, path, window_seconds=10, at_compute_type="bfloat16")["audio_tag"]
+        got = np.full(tuple(expected.shape), np.nan, np.float32)
+        for k, row in enumerate(records[path]["tags"]):
+            for name, value in row["tags"]:
+                got[k, index[name]] = value
+        np.testing.assert_allclose(got, expected.numpy(), atol=1e-5, rtol=0)  # JSON: 6 decimals
 
 
 @pytest.fixture(scope="module")

@@ -185,6 +185,16 @@ def _errors(capsys) -> list:
     (["a.wav", "--highlight_words", "True"], "--highlight_words requires --word_timestamps"),
     (["tag", "a.wav", "--batch_size", "0"], "argument --batch_size: must be at least 1"),
     (["tag", "a.wav", "--at_window", "20"], "argument --at_window: invalid choice: 20"),
+    (["tag", "a.wav", "--at_compute_type", "int8"],
+     "argument --at_compute_type: invalid choice: 'int8'"),
+    (["tag", "a.wav", "--device", "cpu", "--at_compute_type", "float16"],
+     "--at_compute_type='float16' needs CUDA; on CPU use 'bfloat16' or 'float32'"),
+    (["batch", "in", "out", "--task", "tag", "--device", "cpu", "--at_compute_type", "float16"],
+     "--at_compute_type='float16' needs CUDA"),
+    (["batch", "in", "out", "--at_compute_type", "bfloat16"],
+     "--at_compute_type needs --backend faster-whisper, or tagging only"),
+    (["a.wav", "--at_compute_type", "bfloat16"],
+     "--at_compute_type needs --backend faster-whisper, or tagging only"),
     (["batch", "in", "out", "--shard_size", "0"], "argument --shard_size: must be at least 1"),
     (["batch", "in", "out", "--prefetch", "-2"], "argument --prefetch: must be at least 1"),
     (["batch", "in", "out", "--retries", "-1"], "argument --retries: must be at least 0"),
@@ -319,6 +329,21 @@ def test_tag_ten_second_windows(tmp_path, tiny_at, tiny_en_pt, tiny_head_file, s
     (line,) = _lines(out)
     expected = tiny_at.tag(str(speech_wav), window_seconds=10)["audio_tag"]
     torch.testing.assert_close(_rows(line), expected, atol=1e-4, rtol=0)
+
+
+def test_tag_compute_type(tmp_path, tiny_at, tiny_en_pt, tiny_head_file, speech_wav):
+    """--at_compute_type bfloat16: the rows of model.tag(..., at_compute_type="bfloat16"),
+    not float32's (the default here: this CPU has no native bfloat16)."""
+    out = tmp_path / "tags.jsonl"
+    argv = ["tag", str(speech_wav), "--model", str(tiny_en_pt), "--at_head", str(tiny_head_file),
+            "--output", str(out), "--at_top_k", "527", "--at_threshold=-inf", "--verbose",
+            "False", "--at_compute_type", "bfloat16"]
+    assert cli.main(argv) == 0
+    (line,) = _lines(out)
+    bf16 = tiny_at.tag(str(speech_wav), at_compute_type="bfloat16")["audio_tag"]
+    f32 = tiny_at.tag(str(speech_wav), at_compute_type="float32")["audio_tag"]
+    torch.testing.assert_close(_rows(line), bf16, atol=1e-5, rtol=0)  # JSON: 6 decimals
+    assert (_rows(line) - f32).abs().max() > 1e-3
 
 
 def test_tag_directories_failures_and_resume(tmp_path, capsys, tiny_en_pt, tiny_head_file,

@@ -142,7 +142,7 @@ def test_auto_compute_type(tiny_dir, tiny_head_file, fw_one_pass, plain_long, lo
     close to float32 in features, tags and text."""
     import jiwer
 
-    from whisper_at.faster.encoder import native_bfloat16
+    from whisper_at.precision import native_bfloat16
 
     auto = WhisperModel(tiny_dir, compute_type="int8", at_head=str(tiny_head_file))
     expected = torch.bfloat16 if native_bfloat16() else torch.float32

@@ -535,3 +535,27 @@ def gate_audio(path: Path) -> Tuple[Path, list]:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return path, parts
+
+
+# ---------------------------------------------------------------- comparing tag logits
+
+
+def logit_agreement(reference, other, top_k: int = 5) -> Dict[str, float]:
+    """How close tag logits ``other`` [rows, classes] are to ``reference`` (e.g. bfloat16 vs
+    float32 encoders on the same audio): max and mean |difference|, the share of rows whose
+    top-1 class agrees, the mean share of each row's top-k classes found in the other's top-k,
+    and the share of rows whose top-k sets are equal."""
+    import torch
+
+    a, b = reference.float(), other.float()
+    diff = (a - b).abs()
+    top_a, top_b = a.topk(top_k, dim=-1).indices, b.topk(top_k, dim=-1).indices
+    overlap = torch.tensor([len(set(x.tolist()) & set(y.tolist())) / top_k
+                            for x, y in zip(top_a, top_b)])
+    return {
+        "max": diff.max().item(),
+        "mean": diff.mean().item(),
+        "top1": (top_a[:, 0] == top_b[:, 0]).float().mean().item(),
+        "topk_overlap": overlap.mean().item(),
+        "topk_same": (overlap == 1).float().mean().item(),
+    }

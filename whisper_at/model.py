@@ -8,7 +8,7 @@ temperature fallback and word timestamps, which openai-whisper would each re-enc
 
 import threading
 import weakref
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Callable, List, Optional, Tuple, Union
 
 import numpy as np
@@ -20,6 +20,7 @@ from whisper.decoding import detect_language as detect_language_function
 from whisper.model import ModelDimensions, MultiHeadAttention, Whisper
 
 from .head import POOL_STRIDE, TLTR
+from .precision import autocast_dtype
 
 
 def _pool(x: Tensor) -> Tensor:
@@ -51,22 +52,29 @@ def tap_encoder(encoder: nn.Module) -> nn.Module:
     return encoder
 
 
-def embed_with_layers(encoder: nn.Module, mel: Tensor) -> Tuple[Tensor, Tensor]:
+def embed_with_layers(
+    encoder: nn.Module, mel: Tensor, autocast: Optional[torch.dtype] = None
+) -> Tuple[Tensor, Tensor]:
     """Encode mel [B, n_mels, T] (or [n_mels, T]) with a tapped encoder in one pass.
 
     Returns the encoder output and every block's output mean-pooled over 20 frames,
-    [B, n_layer, T // 40, n_state] (before ``ln_post``).
+    [B, n_layer, T // 40, n_state] (before ``ln_post``). ``autocast``: a lower precision
+    (bfloat16, float16) to compute in under ``torch.autocast``, weights untouched; both
+    results are then float32 (see ``whisper_at.precision``).
     """
     single = mel.ndim == 2
     if single:
         mel = mel.unsqueeze(0)
+    context = nullcontext() if autocast is None else torch.autocast(mel.device.type, autocast)
     _TLS.layers = []
     try:
-        with torch.no_grad(), _short_windows(encoder, mel.shape[-1]):
+        with torch.no_grad(), _short_windows(encoder, mel.shape[-1]), context:
             features = encoder(mel)
         pooled = torch.stack(_TLS.layers, dim=1)
     finally:
         _TLS.layers = None
+    if autocast is not None:
+        features, pooled = features.float(), pooled.float()
     if single:
         return features[0], pooled[0]
     return features, pooled
@@ -180,15 +188,22 @@ class WhisperAT(Whisper):
 
     # --- encoding ---------------------------------------------------------------------------
 
-    def embed_audio_with_layers(self, mel: Tensor) -> Tuple[Tensor, Tensor]:
+    def embed_audio_with_layers(
+        self, mel: Tensor, dtype: Optional[torch.dtype] = None
+    ) -> Tuple[Tensor, Tensor]:
         """Encode mel [B, n_mels, T] (or [n_mels, T]) in one pass.
 
         Returns the encoder output (as ``embed_audio``) and every block's output mean-pooled
         over 20 frames, [B, n_audio_layer, T // 40, n_audio_state] (before ``ln_post``).
+        ``dtype``: compute in this precision if it is lower than the weights' (under
+        ``torch.autocast``; results float32); None: the weights' (as ``transcribe``).
         """
+        autocast = None
+        if dtype is not None:
+            autocast = autocast_dtype(dtype, self.encoder.conv1.weight.dtype)
         # the lock: no other thread encodes while the positional embedding may be sliced
         with self.at_lock:
-            return embed_with_layers(self.encoder, mel)
+            return embed_with_layers(self.encoder, mel, autocast)
 
     def _session(self) -> Optional[_Session]:
         session = self._at_session

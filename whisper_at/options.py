@@ -7,6 +7,7 @@ import sys
 from typing import List, Optional
 
 from .outputs import TagOptions, event_lines
+from .precision import COMPUTE_TYPES, encoder_dtype
 
 PROG = "whisper-at"
 
@@ -139,9 +140,11 @@ def add_gate_options(parser: argparse.ArgumentParser):
 BACKENDS = ("openai-whisper", "faster-whisper")
 
 
-def add_backend_options(parser: argparse.ArgumentParser, batch_size: bool = True):
+def add_backend_options(parser: argparse.ArgumentParser, batch_size: bool = True,
+                        tag_task: bool = False):  # fmt: skip
     """``--backend`` and the faster-whisper options (used only with ``--backend faster-whisper``;
-    see docs/faster.md); ``batch_size=False``: the parser has its own ``--batch_size``."""
+    see docs/faster.md); ``batch_size=False``: the parser has its own ``--batch_size``;
+    ``tag_task``: the parser has ``--task tag``, which takes ``--at_compute_type`` too."""
     from whisper.utils import str2bool
 
     group = parser.add_argument_group("faster-whisper backend (pip install 'whisper-at[faster]')")
@@ -161,23 +164,54 @@ def add_backend_options(parser: argparse.ArgumentParser, batch_size: bool = True
     add("--at_encoder", choices=("one_pass", "exact"), default="one_pass",
         help="faster-whisper: one_pass (the tagging encoder feeds the decoder) or exact (FW's "
         "own encoder for the text, identical to plain faster-whisper)")
-    add("--at_compute_type", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
-        help="faster-whisper: precision of the tagging encoder (auto: float16 on CUDA, bfloat16 "
-        "on CPUs that compute it natively, else float32)")
+    add_compute_type_option(group, "faster-whisper and --task tag: " if tag_task else
+                            "faster-whisper: ")  # fmt: skip
     add("--at_fill_gaps", type=str2bool, default=False,
         help="faster-whisper: also tag the audio it did not decode (VAD gaps), extra passes")
     return group
 
 
-def backend_options(parser: argparse.ArgumentParser, args: dict, batch_size: bool = True) -> dict:
+def add_compute_type_option(group, prefix: str = ""):
+    """``--at_compute_type``: the tagging encoder's precision (``whisper_at.precision``)."""
+    group.add_argument(
+        "--at_compute_type", choices=COMPUTE_TYPES, default="auto",
+        help=f"{prefix}precision of the tagging encoder (auto: float16 on CUDA, bfloat16 on CPUs "
+        "that compute it natively, else float32; float16: CUDA only)")  # fmt: skip
+
+
+def check_compute_type(parser: argparse.ArgumentParser, device: Optional[str],
+                       compute_type: str):  # fmt: skip
+    """Refuse ``--at_compute_type float16`` on a CPU ``--device`` before any model is loaded
+    (a ``--device`` torch cannot parse is left to the model loader to report)."""
+    import torch
+
+    try:
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, TypeError, ValueError):
+        return
+    try:
+        encoder_dtype(device, compute_type, name="--at_compute_type")
+    except ValueError as e:
+        parser.error(str(e))
+
+
+def backend_options(parser: argparse.ArgumentParser, args: dict, batch_size: bool = True,
+                    tagging: bool = False) -> dict:  # fmt: skip
     """Pop the backend options out of parsed arguments; faster-whisper options given with the
-    openai-whisper backend are a usage error."""
+    openai-whisper backend are a usage error, except ``--at_compute_type`` when ``tagging``
+    (tagging only: ``batch --task tag``)."""
     names = ["backend", "compute_type", "vad_filter", "at_encoder", "at_compute_type",
              "at_fill_gaps"]
     backend = {name: args.pop(name) for name in names + ["batch_size"] * batch_size}
     if backend["backend"] == "openai-whisper":
         for name, value in backend.items():
-            if name != "backend" and value != parser.get_default(name):
+            if name == "backend" or value == parser.get_default(name):
+                continue
+            if name == "at_compute_type" and not tagging:
+                parser.error("--at_compute_type needs --backend faster-whisper, or tagging only "
+                             "(whisper-at tag, batch --task tag): openai-whisper's transcription "
+                             "encodes in the model's precision")
+            elif name != "at_compute_type":
                 parser.error(f"--{name} needs --backend faster-whisper")
     elif args.get("carry_initial_prompt"):
         parser.error("--carry_initial_prompt is not supported by faster-whisper")

@@ -20,6 +20,7 @@ from .audio_io import as_audio
 from .gate.track import SpeechTrack
 from .head import MEL_PER_POOLED, NUM_CLASSES, frames_per_chunk
 from .mel import MelWindows
+from .precision import encoder_dtype
 
 TRAINED_TIME_RES = 10
 
@@ -155,6 +156,15 @@ def default_batch_size(model) -> int:
     return 1 if model.device.type == "cpu" else 8
 
 
+def encode_windows(model, mels: Tensor, compute_dtype: torch.dtype) -> Tensor:
+    """Pooled layer features [B, n_layer, T // 40, d] of mel windows [B, n_mels, T], encoded
+    in ``compute_dtype`` (float32: bit for bit as ``transcribe`` encodes; lower precisions under
+    ``torch.autocast``, weights untouched). Always float32, for the float32 head."""
+    weights = next(model.parameters()).dtype
+    _, pooled = model.embed_audio_with_layers(mels.to(model.device, weights), compute_dtype)
+    return pooled.float()
+
+
 def tag(
     model,
     audio: Union[str, np.ndarray, Tensor],
@@ -162,6 +172,7 @@ def tag(
     batch_size: Optional[int] = None,
     window_seconds: int = 30,
     return_audio_features: bool = False,
+    at_compute_type: str = "auto",
 ) -> dict:
     """Tag audio without transcribing: encoder + TL-TR head on consecutive windows.
 
@@ -169,8 +180,10 @@ def tag(
     ``transcribe``) or 10 (the encoder runs on 10 s with its positional embedding sliced, as the
     heads were trained; cheaper). ``batch_size`` windows go through the encoder at a time (None:
     1 on CPU, 8 on GPU); the log-mel is made window by window, so memory beyond the waveform does
-    not grow with its length. Returns ``{"audio_tag": [rows, 527], "at_time_res": ...,
-    "duration": seconds}``.
+    not grow with its length. ``at_compute_type``: the encoder's precision, "auto" (bfloat16 on
+    a CPU that computes it natively, float16 on CUDA, else float32), "float32" (as
+    ``transcribe``), "bfloat16" or "float16" (CUDA only); the head runs in float32. Returns
+    ``{"audio_tag": [rows, 527] float32, "at_time_res": ..., "duration": seconds}``.
     """
     if not model.has_at_head:
         raise RuntimeError("this model has no AT head; load one with load_model(..., at_head=...)")
@@ -181,15 +194,15 @@ def tag(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     at_time_res = check_at_time_res(at_time_res)
+    compute_dtype = encoder_dtype(model.device, at_compute_type)  # float16 on CPU: refused
     audio = as_audio(audio)
     mel = MelWindows(audio, model.dims.n_mels, window_seconds * 100)
     content_frames = mel.content_frames
     tagger = ChunkTagger(model.at_model, content_frames, at_time_res, return_audio_features)
-    dtype = next(model.parameters()).dtype
     windows = iter(mel)
     while batch := list(itertools.islice(windows, batch_size)):
-        mels = torch.stack([window for _, window in batch]).to(model.device, dtype)
-        _, pooled = model.embed_audio_with_layers(mels)
+        pooled = encode_windows(model, torch.stack([window for _, window in batch]),
+                                compute_dtype)  # fmt: skip
         for (seek, _), layers in zip(batch, pooled):
             tagger.add_window(seek, layers)
     result = {

@@ -3,14 +3,15 @@
 Its weights are the CTranslate2 model's own encoder weights, converted in memory by
 :func:`whisper_at.formats.convert.ct2_encoder` (the decoder is not read). Its precision is
 ``at_compute_type``, whatever FW's ``compute_type`` (CTranslate2's int8 kernels have no torch twin,
-and the TL-TR heads were trained on float encoder features): ``"auto"`` is float16 on CUDA,
+and the TL-TR heads were trained on float encoder features), chosen by
+:func:`whisper_at.precision.encoder_dtype` as for tagging only: ``"auto"`` is float16 on CUDA,
 bfloat16 on a CPU that computes it natively (AVX512-BF16 or AMX: about 1.7x faster than float32
 and closer to float32 than CTranslate2's int8 encoder; docs/faster.md has the measurements),
 float32 on other CPUs. On CPU, bfloat16 runs under ``torch.autocast``: weights stay float32,
-layer norms and softmax run in float32, and the pooled layers and the output are float32.
+layer norms run in float32, and the pooled layers and the output are float32. On CUDA the
+weights are converted to the compute dtype.
 """
 
-from contextlib import nullcontext
 from typing import Tuple
 
 import ctranslate2
@@ -21,6 +22,7 @@ from whisper.model import AudioEncoder
 
 from ..formats.convert import ct2_encoder
 from ..model import embed_with_layers, tap_encoder
+from ..precision import autocast_dtype, encoder_dtype
 
 # activation type of a CTranslate2 compute type ("int8_float16" -> float16; "int8" -> float32)
 _CT2_ACTIVATIONS = {
@@ -32,28 +34,6 @@ _CT2_ACTIVATIONS = {
 def ct2_activation(compute_type: str):
     """The dtype CTranslate2 computes activations in (and expects encoder output in)."""
     return _CT2_ACTIVATIONS.get(compute_type.split("_")[-1], ctranslate2.DataType.float32)
-
-
-COMPUTE_TYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-def native_bfloat16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX tiles)."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def encoder_dtype(device: torch.device, compute_type: str = "auto") -> torch.dtype:
-    """The dtype the tagging encoder computes in, for ``at_compute_type`` on ``device``."""
-    if compute_type not in COMPUTE_TYPES:
-        raise ValueError(f"at_compute_type must be one of {COMPUTE_TYPES}, got {compute_type!r}")
-    if compute_type == "auto":
-        if device.type == "cuda":
-            return torch.float16
-        return torch.bfloat16 if native_bfloat16() else torch.float32
-    if device.type == "cpu" and compute_type == "float16":
-        raise ValueError("at_compute_type='float16' needs CUDA; on CPU use 'bfloat16' or 'float32'")
-    return getattr(torch, compute_type)
 
 
 def torch_device(ct2_model) -> torch.device:
@@ -96,10 +76,8 @@ class TorchEncoder:
             raise ValueError(
                 f"expected mel features [batch, {n_mels}, frames], got {tuple(mel.shape)}"
             )
-        autocast = self.device.type == "cpu" and self.compute_dtype == torch.bfloat16
-        with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else nullcontext():
-            output, pooled = embed_with_layers(self.module, mel.to(self.device, self.dtype))
-        return output.float() if autocast else output, pooled.float() if autocast else pooled
+        autocast = autocast_dtype(self.compute_dtype, self.dtype)  # bfloat16 on CPU
+        return embed_with_layers(self.module, mel.to(self.device, self.dtype), autocast)
 
     def storage(self, output: Tensor) -> ctranslate2.StorageView:
         """Encoder output as the ``StorageView`` CTranslate2's generate/detect_language/align

@@ -25,7 +25,8 @@ from faster_whisper.utils import download_model
 
 from .. import _head_from_state, _load_head_state, gate
 from ..formats import weights
-from .encoder import COMPUTE_TYPES, TorchEncoder, ct2_activation, encoder_dtype, torch_device
+from ..precision import check_compute_type, encoder_dtype
+from .encoder import TorchEncoder, ct2_activation, torch_device
 from .session import GENERATE_SEGMENTS, active_session, run
 from .timeline import FeatureLocator
 
@@ -58,8 +59,7 @@ def _check_options(at_encoder: str, at_low_compute: bool, at_compute_type: str):
         raise ValueError(f"at_encoder must be one of {ENCODER_MODES}, got {at_encoder!r}")
     if not isinstance(at_low_compute, bool):
         raise TypeError(f"at_low_compute must be True or False, got {at_low_compute!r}")
-    if at_compute_type not in COMPUTE_TYPES:
-        raise ValueError(f"at_compute_type must be one of {COMPUTE_TYPES}, got {at_compute_type!r}")
+    check_compute_type(at_compute_type)
 
 
 class TaggingMixin:

@@ -28,6 +28,7 @@ from ..options import (
     add_tagging_options,
     backend_options,
     batch_size_arg,
+    check_compute_type,
     describe_failure,
     error,
     non_negative_int,
@@ -194,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     formats.help = "per-file outputs beside the shards (tag task: tags, events or png)"
     add_tagging_options(parser, captions=True)
     add_gate_options(parser)
-    add_backend_options(parser, batch_size=False)
+    add_backend_options(parser, batch_size=False, tag_task=True)
 
     group = parser.add_argument_group("batch")
     add = group.add_argument
@@ -239,9 +240,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f"--task tag writes --output_format {', '.join(TAG_FORMATS)} or none")
     if output_format == "png" and not have_matplotlib():
         parser.error("--output_format png needs matplotlib: pip install 'whisper-at[plot]'")
-    backend = backend_options(parser, args, batch_size=False)
+    backend = backend_options(parser, args, batch_size=False, tagging=task == "tag")
     if task == "tag" and backend["backend"] != "openai-whisper":
         parser.error("--task tag runs the tagging encoder only: --backend applies to transcribe")
+    at_compute_type = backend.pop("at_compute_type")  # tag, or faster-whisper's encoder
     gate = {name: args.pop(name)
             for name in ("at_speech_gate", "at_gate_margin", "at_segment_info")}  # fmt: skip
     if task != "tag":  # transcribe options (docs/gate.md)
@@ -253,6 +255,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     # the env var's, for Ray workers; "" (none) stays "" so that workers do not read theirs
     model["at_head_mirror"] = head_mirror(model["at_head_mirror"]) or ""
     engine, extensions = args.pop("engine"), args.pop("extensions").split(",")
+    if engine == "local" and (task == "tag" or backend["backend"] == "faster-whisper"):
+        check_compute_type(parser, model["device"], at_compute_type)  # Ray: each actor's device
     if engine == "ray":
         from .ray_engine import require_ray
 
@@ -270,6 +274,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         **model, task=task, at_time_res=args.pop("at_time_res"), tags=tag_options(args),
         window_seconds=args.pop("at_window"), batch_size=args.pop("batch_size"),
         seed=args.pop("seed"), retries=args.pop("retries"), backend=backend.pop("backend"),
+        at_compute_type=at_compute_type,
         backend_options=backend,
         decode_options=args,  # what is left: openai-whisper's transcribe options
     )

@@ -22,7 +22,8 @@ from ..labels import NUM_CLASSES, label_names
 from ..mel import MelWindows
 from ..options import describe_failure
 from ..outputs import TagOptions, active_classes, row_times, sound_events
-from ..tagging import ChunkTagger, default_batch_size
+from ..precision import encoder_dtype
+from ..tagging import ChunkTagger, default_batch_size, encode_windows
 
 TASKS = ("tag", "transcribe", "translate")
 
@@ -41,6 +42,7 @@ class BatchOptions:
     at_time_res: float = 10
     window_seconds: int = 30  # tag: encoder window, 30 (as transcribe) or 10
     batch_size: Optional[int] = None  # tag: windows per encoder call, across files (None: auto)
+    at_compute_type: str = "auto"  # tag and faster-whisper: the tagging encoder's precision
     tags: TagOptions = TagOptions(language="en")
     seed: int = 0  # transcribe: torch RNG seed, set before each file
     decode_options: dict = field(default_factory=dict)  # transcribe: openai-whisper's options
@@ -74,7 +76,8 @@ def load_batch_model(options: BatchOptions):
 
         head = {"at_head": options.at_head, "at_low_compute": options.at_low_compute,
                 "at_head_mirror": options.at_head_mirror}
-        backend = dict(options.backend_options, threads=options.threads, **head)
+        backend = dict(options.backend_options, threads=options.threads,
+                       at_compute_type=options.at_compute_type, **head)
         return faster_cli.load_model(options.model, options.device, options.model_dir, backend)
     model = whisper_at.load_model(
         options.model,
@@ -84,8 +87,11 @@ def load_batch_model(options: BatchOptions):
         at_head=options.at_head,
         at_head_mirror=options.at_head_mirror,
     )
-    if options.task == "tag" and not model.has_at_head:
-        raise RuntimeError(f"model {options.model} has no audio-tagging head: pass --at_head PATH")
+    if options.task == "tag":
+        if not model.has_at_head:
+            raise RuntimeError(
+                f"model {options.model} has no audio-tagging head: pass --at_head PATH")
+        encoder_dtype(model.device, options.at_compute_type)  # float16 on CPU: refused
     return model
 
 
@@ -189,15 +195,14 @@ class _Windows:
         return batch
 
 
-def _encode_batch(model, batch: List[Tuple[_Tagging, int, torch.Tensor]]) -> List[Outcome]:
+def _encode_batch(model, batch: List[Tuple[_Tagging, int, torch.Tensor]],
+                  compute_dtype: torch.dtype) -> List[Outcome]:  # fmt: skip
     """Encode a batch of windows; the outcomes of the files completed (or failed)."""
     batch = [window for window in batch if not window[0].failed]
     if not batch:
         return []
-    dtype = next(model.parameters()).dtype
-    mels = torch.stack([mel for _, _, mel in batch]).to(model.device, dtype)
     try:
-        _, pooled = model.embed_audio_with_layers(mels)
+        pooled = encode_windows(model, torch.stack([mel for _, _, mel in batch]), compute_dtype)
     except Exception as e:  # every file with a window in this batch fails
         jobs = list({id(job): job for job, _, _ in batch}.values())
         for job in jobs:
@@ -218,11 +223,14 @@ def tag_stream(
     batch_size: Optional[int],
     window_seconds: int,
     at_time_res: float,
+    at_compute_type: str = "auto",
 ) -> Iterator[Outcome]:
     """Tag decoded files; the windows of consecutive files share encoder batches, and each
     file's outcome comes as soon as its last window is tagged. Windows are made as the
-    encoder takes them, so a long file never has its whole log-mel in memory."""
+    encoder takes them, so a long file never has its whole log-mel in memory.
+    ``at_compute_type``: the encoder's precision, as for ``whisper_at.tagging.tag``."""
     batch_size = batch_size or default_batch_size(model)
+    compute_dtype = encoder_dtype(model.device, at_compute_type)
     queued = _Windows()
     for item in items:
         if item.error is not None:
@@ -238,9 +246,9 @@ def tag_stream(
             continue
         queued.add(job)
         while queued.available >= batch_size:
-            yield from _encode_batch(model, queued.take(batch_size))
+            yield from _encode_batch(model, queued.take(batch_size), compute_dtype)
     while queued.available:
-        yield from _encode_batch(model, queued.take(batch_size))
+        yield from _encode_batch(model, queued.take(batch_size), compute_dtype)
 
 
 def _transcribe(model, item: Decoded, options: BatchOptions) -> dict:
@@ -307,9 +315,8 @@ def file_record(item: Decoded, result: dict, options: BatchOptions) -> dict:
 def process(model, items: Iterable[Decoded], options: BatchOptions):
     """(record, audio_tag or None) per file, in the order files complete."""
     if options.task == "tag":
-        outcomes = tag_stream(
-            model, items, options.batch_size, options.window_seconds, options.at_time_res
-        )
+        outcomes = tag_stream(model, items, options.batch_size, options.window_seconds,
+                              options.at_time_res, options.at_compute_type)  # fmt: skip
     else:
         outcomes = transcribe_stream(model, items, options)
     for item, result, error in outcomes:

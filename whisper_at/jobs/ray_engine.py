@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..labels import NUM_CLASSES
+from ..precision import encoder_dtype
 from .local_engine import (
     BatchOptions,
     Decoded,
@@ -142,6 +143,8 @@ def run_ray(
             options, device="cuda" if gpus else "cpu",
             threads=options.threads or max(1, int(cpus_per_actor)),
         )
+        if options.task == "tag" or options.backend == "faster-whisper":  # before any actor
+            encoder_dtype(torch.device(options.device), options.at_compute_type)
         blocks = min(MAX_BLOCKS, max(1, -(-len(paths) // files_per_batch)))
         results = (
             ray.data.from_items([{"path": path} for path in paths], override_num_blocks=blocks)

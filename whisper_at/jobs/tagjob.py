@@ -17,7 +17,16 @@ from tqdm import tqdm
 from whisper.utils import optional_int, str2bool
 
 from ..cli import load_tagging_model
-from ..options import PROG, add_tagging_options, batch_size_arg, error, report, tag_options
+from ..options import (
+    PROG,
+    add_compute_type_option,
+    add_tagging_options,
+    batch_size_arg,
+    check_compute_type,
+    error,
+    report,
+    tag_options,
+)
 from ..outputs import TagOptions
 from .inputs import EXTENSIONS, find_audio
 from .local_engine import BatchOptions, Decoded, decode_ahead, process
@@ -47,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--resume", action="store_true", help="skip files with a successful line in --output")
     add("--threads", type=optional_int, default=0, help="torch CPU threads (0: torch's default)")
     add("--verbose", type=str2bool, default=True, help="show progress bars")
-    add_tagging_options(parser, language="en")
+    add_compute_type_option(add_tagging_options(parser, language="en"))
     return parser
 
 
@@ -85,11 +94,13 @@ class TagJob:
     background thread) and writes their lines."""
 
     def __init__(self, model, out, batch_size: Optional[int], window_seconds: int,
-                 at_time_res: float, options: TagOptions, progress: bool):
+                 at_time_res: float, options: TagOptions, progress: bool,
+                 at_compute_type: str = "auto"):  # fmt: skip
         self.model = model
         self.out = out
         self.options = BatchOptions(task="tag", at_time_res=at_time_res, batch_size=batch_size,
-                                    window_seconds=window_seconds, tags=options)
+                                    window_seconds=window_seconds, tags=options,
+                                    at_compute_type=at_compute_type)  # fmt: skip
         self.done, self.failed = 0, []
         self.files_bar = tqdm(unit="file", desc="files", disable=not progress, position=0)
         self.seconds_bar = tqdm(unit="s", desc="audio", disable=not progress, position=1,
@@ -129,6 +140,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv).__dict__
     time_res = args.pop("at_time_res")
     options = tag_options(args)
+    check_compute_type(parser, args["device"], args["at_compute_type"])
     paths = find_audio(args["inputs"], args["extensions"].split(","))
     if args["resume"]:
         done = done_paths(args["output"])
@@ -152,6 +164,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             error(f"model {args['model']} has no audio-tagging head: pass --at_head PATH")
             return 2
         job = TagJob(model, out, args["batch_size"], args["at_window"], time_res, options,
-                     args["verbose"])
+                     args["verbose"], args["at_compute_type"])  # fmt: skip
         job.run(paths)
     return report(job.done, job.failed)
