@@ -151,12 +151,7 @@ def transcribe(
         )
     at_time_res = check_at_time_res(at_time_res)
     head = model.at_model if model.has_at_head else None
-    gate_options = None
-    if at_speech_gate is not None:
-        gate_options = gate.GateOptions.checked(at_speech_gate, at_gate_margin)
-        gate.check_head(head)
-    else:
-        gate.check_margin(at_gate_margin)
+    gate_options = gate.gate_options(head, at_speech_gate, at_gate_margin)
     if at_segment_info:
         gate.check_head(head, "at_segment_info")
     audio = as_audio(audio)

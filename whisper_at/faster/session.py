@@ -260,12 +260,7 @@ def run(model, transcribe, owner, audio, args, kwargs, at_time_res, fill_gaps,
     """``transcribe(owner, audio, *args, **kwargs)`` (FW's function) with tagging: returns
     (lazy segments, :class:`TaggedTranscriptionInfo`)."""
     at_time_res = check_at_time_res(at_time_res)
-    gate_options = None
-    if speech_gate is not None:
-        gate_options = gate.GateOptions.checked(speech_gate, gate_margin)
-        gate.check_head(model.at_model)
-    else:
-        gate.check_margin(gate_margin)
+    gate_options = gate.gate_options(model.at_model, speech_gate, gate_margin)
     if segment_info:
         gate.check_head(model.at_model, "at_segment_info")
     if not isinstance(fill_gaps, bool):

@@ -45,6 +45,7 @@ from .speech import (
     check_head,
     check_margin,
     check_threshold,
+    gate_options,
     speech_classes,
     speech_probability,
 )
@@ -55,8 +56,8 @@ __all__ = [
     "DEFAULT_FLAG_THRESHOLD", "DEFAULT_MARGIN", "EVENT_FLOOR", "FRAMES_PER_SECOND",
     "LOW_SPEECH", "PAST_THE_END", "SEGMENT_TOP_K", "SINGING_NAMES", "SKIP_TEMPERATURE",
     "SPEECH_NAMES", "GateLog", "GateOptions", "SpeechMap", "SpeechTrack", "WindowGate",
-    "add_segment_info", "check_head", "check_margin", "check_threshold", "held_words",
-    "mean_speech", "moved_entry", "past_the_end", "segment_evidence", "segment_rows",
+    "add_segment_info", "check_head", "check_margin", "check_threshold", "gate_options",
+    "held_words", "mean_speech", "moved_entry", "past_the_end", "segment_evidence", "segment_rows",
     "segment_verdict", "skip_steps", "speech_classes", "speech_mask", "speech_probability",
     "window_rows",
 ]

@@ -4,7 +4,7 @@ import math
 import numbers
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -77,3 +77,14 @@ class GateOptions:
     @classmethod
     def checked(cls, threshold, margin=DEFAULT_MARGIN) -> "GateOptions":
         return cls(check_threshold(threshold), check_margin(margin))
+
+
+def gate_options(head, threshold, margin=DEFAULT_MARGIN) -> Optional[GateOptions]:
+    """The checked options of ``at_speech_gate=threshold`` (None: no gate), ``at_gate_margin``
+    and the model's ``head``, which the gate needs."""
+    if threshold is None:
+        check_margin(margin)
+        return None
+    options = GateOptions.checked(threshold, margin)
+    check_head(head)
+    return options
