@@ -16,5 +16,5 @@ run overhead bench_overhead.py
 run overhead_en bench_overhead.py --language en --models base
 run fallback bench_fallback.py
 run scaling_transcribe bench_scaling.py --minutes 1 5 --transcribe --repeats 1
-run gate bench_gate.py --thresholds 0.3 0.5 0.7
+run gate bench_gate.py --repeats 1  # the sweep: 72 files x 6 rows, ~30-50 min
 run faster bench_faster.py
