@@ -83,7 +83,7 @@ def test_options_and_defaults_are_upstreams(monkeypatch):
         "--at_time_res": "10", "--at_top_k": "5", "--at_threshold": "-1",
         "--at_language": "follow_asr", "--at_speech_events": "False",
         "--at_sdh_repeat": "False", "--at_sdh_continues": "60.0",
-        "--at_speech_gate": "None", "--at_segment_info": "False",
+        "--at_speech_gate": "None", "--at_gate_margin": "0.5", "--at_segment_info": "False",
         "--backend": "openai-whisper", "--compute_type": "default",
         "--vad_filter": "None", "--batch_size": "None", "--at_encoder": "one_pass",
         "--at_compute_type": "auto",
