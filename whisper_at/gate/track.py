@@ -54,18 +54,22 @@ class SpeechTrack:
 def speech_mask(row_probs: Tensor, res_pooled: int, fine: Tensor, threshold: float) -> np.ndarray:
     """Which pooled frames are speech, for consecutive rows (``row_probs``: their speech
     probabilities; ``fine``: the frames' own, starting with the first row's first frame).
-    Frames at or above ``min(threshold, FRAME_THRESHOLD)`` are speech frames (the rows decide
-    whether speech is there, the frames where it starts and ends: their probabilities are
-    rounder than a row's, and a frame threshold above 0.5 cut the ends of words), and so are
-    dips of up to GAP_FRAMES between two of them.
-
+    *Speech frames* are found with two thresholds (hysteresis): a run of frames at or above
+    ``min(threshold, FRAME_THRESHOLD)`` (dips of up to GAP_FRAMES between them included) is
+    speech if one of its frames reaches ``threshold``. So ``threshold`` decides whether there is
+    speech, as for rows, and the lower one where it starts and ends (a frame threshold above 0.5
+    cut the ends of words; the frames next to speech rise through 0.5 up to it).
     A row at or above ``threshold`` (or untagged: NaN) is speech, except that next to a row
     below it, the frames before its first (after its last) speech frame are not: that is
     where the speech starts (ends). A row below ``threshold`` is speech exactly on
     its speech frames: a row that holds speech the frames find is never non-speech whole."""
     n = len(fine)
     coarse = ~(row_probs.numpy() < threshold)
-    hit = _closed(fine.numpy() >= min(threshold, FRAME_THRESHOLD), GAP_FRAMES)
+    probs = fine.numpy()
+    low = _closed(probs >= min(threshold, FRAME_THRESHOLD), GAP_FRAMES)
+    hit = np.zeros(n, dtype=bool)
+    for a, b in _runs(low):
+        hit[a:b] = bool((probs[a:b] >= threshold).any())
     mask = np.ones(n, dtype=bool)
     for k, speech in enumerate(coarse):
         a, b = k * res_pooled, min(n, (k + 1) * res_pooled)
