@@ -19,7 +19,6 @@ MODES = {"chunked": {"chunk_length_s": 30}, "unchunked": {}}
 
 
 def measure(model: str, audio, args) -> dict:
-    import torch
     from transformers import (
         WhisperFeatureExtractor,
         WhisperForConditionalGeneration,
@@ -30,7 +29,7 @@ def measure(model: str, audio, args) -> dict:
     from whisper_at.integrations.transformers import disable_tagging, enable_tagging
 
     path = common.testkit.hf_dir(common.cache_dir(), common.MODELS[model][0])
-    net = WhisperForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+    net = WhisperForConditionalGeneration.from_pretrained(path).float().eval()
     asr = pipeline("automatic-speech-recognition", model=net, device="cpu",
                    tokenizer=WhisperTokenizerFast.from_pretrained(path),
                    feature_extractor=WhisperFeatureExtractor.from_pretrained(path))  # fmt: skip

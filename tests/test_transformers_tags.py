@@ -8,6 +8,7 @@ on this CPU); on each library's own log-mel they differ where transformers pads 
 differently (docs/integrations.md has the measurements).
 """
 
+import inspect
 import subprocess
 import sys
 import warnings
@@ -59,7 +60,7 @@ def hf_path(cache_root, tiny_en_pt, ct2_tiny_en_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def hf_model(hf_path):
-    return WhisperForConditionalGeneration.from_pretrained(hf_path, dtype=torch.float32).eval()
+    return WhisperForConditionalGeneration.from_pretrained(hf_path).float().eval()  # any version
 
 
 @pytest.fixture
@@ -164,9 +165,12 @@ def long_form(hf_model, extractor, long_speech_wav, tiny_head_file):
     plain = hf_model.generate(inputs.input_features, **options)
     enable_tagging(hf_model, at_head=str(tiny_head_file))
     seeks = []
+    if "monitor_progress" in inspect.signature(type(hf_model).generate).parameters:  # not in 4.46
+        options["monitor_progress"] = lambda progress: seeks.append(int(progress[0, 0]))
+    else:
+        seeks = None
     try:
-        tagged = hf_model.generate(inputs.input_features, **options,
-                                   monitor_progress=lambda p: seeks.append(int(p[0, 0])))
+        tagged = hf_model.generate(inputs.input_features, **options)
         tags = hf_model.at_last_tags()
     finally:
         disable_tagging(hf_model)
@@ -180,7 +184,8 @@ def test_long_form_generate(long_form, tiny_at):
     assert len(long_form["audio"]) // 160 == frames and frames > 6000
     windows = _frames(tags["at_windows"])
     # each window was found exactly where transformers' sequential algorithm cut it
-    assert [seek for seek, _ in windows] == long_form["seeks"]
+    if long_form["seeks"] is not None:
+        assert [seek for seek, _ in windows] == long_form["seeks"]
     assert windows[-1][0] + windows[-1][1] == frames
     assert tags["audio_tag"].shape == (-(-frames // 1000), 527)
     assert not tags["audio_tag"].isnan().any()
