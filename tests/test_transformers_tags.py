@@ -103,13 +103,14 @@ def _features(extractor, audio, **options):
                      **options)  # fmt: skip
 
 
-def _replay(at_model, features, windows, frames):
+def _replay(at_model, features, windows, frames, end=None):
     """whisper_at's rows from its own encoder on the windows ((seek, valid frames), in order) of
-    ``features`` [n_mels, T] that transformers encodes: 3000 frames from the seek on, the end of
-    the features zero-padded."""
+    ``features`` [n_mels, T] that transformers encodes: 3000 frames from the seek on, cut at
+    ``end`` (default T; in a long-form batch, each audio's attention mask) and zero-padded."""
     tagger = ChunkTagger(at_model.at_model, frames, 10)
+    end = features.shape[-1] if end is None else end
     for seek, valid in windows:
-        window = pad_or_trim(features[:, seek : seek + 3000], 3000)
+        window = pad_or_trim(features[:, seek : min(seek + 3000, end)], 3000)
         _, pooled = at_model.embed_audio_with_layers(window)
         tagger.add_window(seek, pooled, valid)
     return tagger.finish()
@@ -210,6 +211,34 @@ def test_long_form_matches_transcribe(long_form, tiny_at):
     assert len(rows) >= 3, (ours, theirs)
     torch.testing.assert_close(long_form["tags"]["audio_tag"][rows], result["audio_tag"][rows],
                                atol=1e-4, rtol=0)  # measured 1e-6  # fmt: skip
+
+
+def test_batched_long_form(model, extractor, long_form, tiny_head_file, tiny_at):
+    """Two audios in one long-form generate; the second is 5-46 s of the first, and its first
+    window (silence at the cut) also occurs in the first audio's features: it must still go to
+    the second audio (rows are in batch order)."""
+    audio = long_form["audio"]
+    audios = [audio, audio[5 * SR : 46 * SR].copy()]
+    inputs = _features(extractor, audios, truncation=False, padding="longest")
+    enable_tagging(model, at_head=str(tiny_head_file))
+    options = dict(attention_mask=inputs.attention_mask, return_timestamps=True, **GREEDY)
+    progress = []
+    if "monitor_progress" in inspect.signature(type(model).generate).parameters:
+        options["monitor_progress"] = lambda p: progress.append(p[:, 0].tolist())
+    model.generate(inputs.input_features, **options)
+    tags = model.at_last_tags()
+    assert isinstance(tags, list) and len(tags) == 2
+    assert tags[0]["at_windows"] == long_form["tags"]["at_windows"]
+    torch.testing.assert_close(tags[0]["audio_tag"], long_form["tags"]["audio_tag"], atol=ATOL,
+                               rtol=0)  # fmt: skip
+    frames = [int(m.sum()) for m in inputs.attention_mask]
+    for b, result in enumerate(tags):
+        windows = _frames(result["at_windows"])
+        if progress:
+            assert [seek for seek, _ in windows] == [p[b] for p in progress if p[b] < frames[b]]
+        assert result["duration"] == frames[b] / 100 and not result["audio_tag"].isnan().any()
+        same = _replay(tiny_at, inputs.input_features[b], windows, frames[b], end=frames[b])
+        torch.testing.assert_close(result["audio_tag"], same, atol=ATOL, rtol=0)
 
 
 def test_fallback_and_batch(model, extractor, noise_wav, speech_wav, long_speech_wav,

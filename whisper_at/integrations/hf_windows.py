@@ -77,25 +77,39 @@ class GenerateCall:
         return self._cast[key]
 
     def add(self, mel: Tensor, pooled: Tensor):
-        """One encoder pass: its input [R, n_mels, 3000] and pooled layers [R, n_layer, 75, d]."""
+        """One encoder pass: its input [R, n_mels, 3000] and pooled layers [R, n_layer, 75, d].
+
+        transformers stacks the windows of the audios still being decoded in batch order
+        (``batch_idx_map``; fallback and language detection keep that order), so the audio of
+        row r is looked for after that of row r - 1 first: a window whose content also occurs
+        in an earlier audio (the same recording, silence) goes to its own. A row equal to the
+        previous one (``num_return_sequences``) is the same window again."""
         if self.features is None or mel is None or mel.ndim != 3:
             return
         full = self._full(mel)
+        n_audio, last, previous = len(self.frames), -1, None
         for row, layers in zip(mel, pooled):
-            for b in range(len(self.frames)):  # the first audio holding it that lacks it
+            if previous is not None and torch.equal(row, previous):
+                continue
+            previous = row
+            for b in [*range(last + 1, n_audio), *range(last + 1)]:
                 found = locate(full[b], row, self._hints[b])
-                if found is None or found[0] in {s for s, _ in self.windows[b]}:
-                    continue  # elsewhere, or encoded again (fallback, language detection)
+                if found is None:
+                    continue
+                last = b
                 seek, same = found
                 valid = min(same, self.frames[b] - seek)
-                if valid > 0:
-                    self._hints[b] = seek
-                    self.windows[b].append((seek, valid))
-                    if self.keep:
-                        self.pooled[b].append(layers)
-                    else:
-                        self.taggers[b].add_window(seek, layers, valid)
-                break
+                if valid > 0 and seek not in {s for s, _ in self.windows[b]}:
+                    self._record(b, seek, valid, layers)
+                break  # (a window already tagged: encoded again by fallback or detection)
+
+    def _record(self, b: int, seek: int, valid: int, layers: Tensor):
+        self._hints[b] = seek
+        self.windows[b].append((seek, valid))
+        if self.keep:
+            self.pooled[b].append(layers)
+        else:
+            self.taggers[b].add_window(seek, layers, valid)
 
     def close(self):
         """Drop the references to the input features (the call is over)."""
