@@ -312,6 +312,32 @@ def test_pipeline_chunked(asr, long_speech_wav, tiny_head_file, tiny_at):
         whisper_at.parse_at_label(result)  # no "language" in the pipeline's result
 
 
+def test_pipeline_chunked_list(asr, speech_wav, long_speech_wav, tiny_head_file, tiny_at):
+    """Two inputs cut in 4 s chunks with 0.67 s strides, three chunks per generate: batches mix
+    the inputs' chunks; chunk offsets are not whole 10 ms frames (rounded); no 10 s row lies in
+    one chunk (each takes the chunk overlapping it most)."""
+    audios = [_audio(speech_wav), _second(long_speech_wav)]
+    options = dict(chunk_length_s=4, batch_size=3, generate_kwargs=GREEDY)
+    plain = asr([a.copy() for a in audios], **options)
+    enable_tagging(asr, at_head=str(tiny_head_file))
+    results = asr([a.copy() for a in audios], **options)
+    assert [r["text"] for r in results] == [p["text"] for p in plain]
+    align = asr._align_to
+    chunk, stride = (int(round(s * SR / align) * align) for s in (4, 4 / 6))
+    step = chunk - 2 * stride
+    assert step % 160  # the offsets fall between mel frames
+    for audio, result in zip(audios, results):
+        frames = len(audio) // 160
+        expected = ChunkTagger(tiny_at.at_model, frames, 10)
+        items = list(chunk_iter(audio, asr.feature_extractor, chunk, stride, stride))
+        assert len(items) >= 2
+        for k, item in enumerate(items):
+            _, pooled = tiny_at.embed_audio_with_layers(item["input_features"][0])
+            expected.add_window(round(k * step / 160), pooled, item["stride"][0] // 160)
+        torch.testing.assert_close(result["audio_tag"], expected.finish(), atol=ATOL, rtol=0)
+        assert result["audio_tag"].shape == (-(-frames // 1000), 527)
+
+
 def test_pipeline_unchunked(asr, extractor, speech_wav, long_speech_wav, tiny_head_file):
     audios = [_audio(speech_wav), _second(long_speech_wav)]
     plain = asr([a.copy() for a in audios], batch_size=2, generate_kwargs=GREEDY)
