@@ -45,6 +45,8 @@ class _NotingExtractor:
         return self._extractor(raw, *args, **kwargs)
 
     def __getattr__(self, name):
+        if name == "_extractor":  # not set yet (e.g. while unpickling)
+            raise AttributeError(name)
         return getattr(self._extractor, name)
 
 
