@@ -203,6 +203,66 @@ def converted(cache: Path, name: str) -> Path:
     return target
 
 
+def hf_dir(cache: Path, name: str = "tiny.en") -> Path:
+    """<cache>/hf/<name>: the checkpoint ``converted(name)`` as a transformers directory that
+    ``pipeline("automatic-speech-recognition", model=...)`` loads offline: the files of
+    ``whisper_at.formats.convert.openai_to_hf`` (fp16 weights), the CTranslate2 package's
+    tokenizer.json as a ``WhisperTokenizerFast``, a ``WhisperFeatureExtractor`` config, and the
+    decoding rules of openai-whisper in generation_config.json (its suppressed tokens, blank
+    suppressed at the start, timestamps from 0 to 1 s first). English-only models only (a
+    multilingual one would need the language and task token maps). Remade when the checkpoint
+    is (its stamp) or this recipe changes."""
+    import inspect
+    import json
+
+    import torch
+    import whisper
+    from transformers import WhisperFeatureExtractor, WhisperTokenizerFast
+
+    from whisper_at.formats import convert
+
+    if name.split(".")[-1] != "en":
+        raise ValueError(f"hf_dir makes English-only models, not {name!r}")
+    source = converted(cache, name)
+    key = hashlib.sha256()
+    key.update((cache / f"{name}.pt.stamp").read_bytes())
+    key.update(inspect.getsource(hf_dir).encode())
+    key.update(Path(convert.__file__).with_name("hf.py").read_bytes())
+    dest = cache / "hf" / f"{name}-{key.hexdigest()[:12]}"
+    with locked(cache, f"hf-{name}"):
+        if (dest / "config.json").is_file():
+            return dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
+        tmp.chmod(0o755)
+        try:
+            checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+            convert.openai_to_hf(checkpoint, tmp)
+            tokenizer = whisper.tokenizer.get_tokenizer(multilingual=False)
+            special = "<|endoftext|>"
+            WhisperTokenizerFast(
+                tokenizer_file=str(ct2_dir(cache, name) / "tokenizer.json"),
+                bos_token=special, eos_token=special, unk_token=special, pad_token=special,
+            ).save_pretrained(tmp)
+            WhisperFeatureExtractor(feature_size=checkpoint["dims"]["n_mels"]).save_pretrained(tmp)
+            generation = json.loads((tmp / "generation_config.json").read_text())
+            suppress = set(tokenizer.non_speech_tokens) | {
+                tokenizer.transcribe, tokenizer.translate, tokenizer.sot, tokenizer.sot_prev,
+                tokenizer.sot_lm, tokenizer.no_speech}  # openai-whisper's suppress_tokens="-1"
+            generation.update(
+                is_multilingual=False, no_timestamps_token_id=tokenizer.no_timestamps,
+                prev_sot_token_id=tokenizer.sot_prev, suppress_tokens=sorted(suppress),
+                begin_suppress_tokens=[tokenizer.encode(" ")[0], tokenizer.eot],
+                max_initial_timestamp_index=50,
+            )  # fmt: skip
+            (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+            shutil.rmtree(dest, ignore_errors=True)
+            os.replace(tmp, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
 def random_head_state(n_layer: int, n_state: int, seed: int) -> Dict:
     """State dict of a seeded random TL-TR head (official heads are unreachable offline)."""
     import torch
