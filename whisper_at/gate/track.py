@@ -149,8 +149,9 @@ class SpeechMap:
         """Whether [start, stop) (mel frames; an instant: stop == start) meets speech (margin
         included)."""
         stop = max(stop, start + 1)
-        if start < self.lo or stop > self.hi:
+        if not self.lo <= start < self.hi:
             return True
+        stop = min(stop, self.hi)  # a segment running past the end: judged on the audio it has
         return any(a < stop and start < b for a, b in self.wide)
 
     def hold(self, start: int, stop: int) -> Tuple[int, int]:
