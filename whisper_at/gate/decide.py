@@ -7,7 +7,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from torch import Tensor
 
-from .evidence import FRAMES_PER_SECOND, LOW_SPEECH, PAST_THE_END, mean_speech
+from .evidence import FRAMES_PER_SECOND, LOW_SPEECH, PAST_THE_END, mean_speech, past_the_end
 from .speech import GateOptions
 from .track import SpeechMap
 
@@ -86,7 +86,7 @@ def segment_verdict(start: float, end: float, speech_map: SpeechMap,
     """(why the segment [start, end] s is dropped, or None; its start and end held to the
     speech): dropped when it starts at or after the end of the audio (``duration`` s) or meets
     no speech (margin included); an end lying outside the speech moves to the boundary."""
-    if start >= duration:
+    if past_the_end(start, duration):
         return PAST_THE_END, start, end
     a, b = round(start * FRAMES_PER_SECOND), round(end * FRAMES_PER_SECOND)
     if not speech_map.has_speech(a, b):

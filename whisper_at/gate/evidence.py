@@ -48,9 +48,10 @@ def mean_speech(segment: dict, probs: Tensor, res_frames: int) -> Optional[float
     return float((weights[tagged] * values[tagged]).sum() / weights[tagged].sum())
 
 
-def past_the_end(segment: dict, duration: Optional[float]) -> bool:
-    """Whether the segment starts at or after the end of the audio (no audio lies there)."""
-    return duration is not None and segment["start"] >= duration
+def past_the_end(start: float, duration: Optional[float]) -> bool:
+    """Whether a segment starting at ``start`` s starts at or after the end of the audio
+    (``duration`` s; no audio lies there)."""
+    return duration is not None and start >= duration
 
 
 def segment_evidence(
@@ -77,7 +78,7 @@ def segment_evidence(
         out["at_speech_prob"] = round(speech, 4)
         out["at_events"] = [{"index": c, "label": names[c], "prob": round(float(mean[c]), 4)}
                             for c in top if mean[c] >= EVENT_FLOOR]  # fmt: skip
-    if text and past_the_end(segment, duration):
+    if text and past_the_end(segment["start"], duration):
         out.update(at_hallucination=True, at_reason=PAST_THE_END)
     elif text and speech is not None and speech < threshold:
         out.update(at_hallucination=True, at_reason=LOW_SPEECH)
