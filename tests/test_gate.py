@@ -355,7 +355,7 @@ def test_faster_whisper_gate_with_vad_and_word_timestamps(fw_speech, gate_wav, m
 
 def test_cli_gate_on_the_faster_whisper_backend(ct2_tiny_en_dir, speech_head_file, gate_wav,
                                                 tmp_path):
-    path, _ = gate_wav
+    path, parts = gate_wav
     proc = _cli(str(path), "--backend", "faster-whisper", "--model", str(ct2_tiny_en_dir),
                 "--compute_type", "int8", "--at_head", str(speech_head_file),
                 "--at_speech_gate", "0.5", "--at_segment_info", "-f", "json", "-o",
@@ -364,7 +364,9 @@ def test_cli_gate_on_the_faster_whisper_backend(ct2_tiny_en_dir, speech_head_fil
     document = json.loads((tmp_path / "gate.json").read_text())
     assert document["at_gate"]["windows_skipped"] >= 1
     assert all("at_hallucination" in s for s in document["segments"])
-    assert "kitchen" in _words(document["text"])
+    # the speech after the skip is all there (int8 kernels differ between CPUs: a word may differ)
+    after = [w for s in document["segments"] if s["end"] > parts[3][0] for w in _words(s["text"])]
+    assert word_error_rate(_words(parts[3][3]), after) <= 0.2, document["text"]
 
 
 def test_batch_job_passes_the_gate_on(tiny_en_pt, speech_head_file, gate_wav, tmp_path, capsys):
