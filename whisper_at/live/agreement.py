@@ -1,0 +1,64 @@
+"""LocalAgreement-2 (Machacek, Dabre and Bojar, "Turning Whisper into Real-Time Transcription
+System", 2023; whisper_streaming's ``HypothesisBuffer``): the words of a pass that the previous
+pass agrees on, from the start of both (their longest common word prefix), are committed."""
+
+from typing import List, Sequence
+
+from .events import Word
+
+OVERLAP_WINDOW = 1.0  # s: a pass starting this close to the committed end may repeat its words
+MAX_NGRAM = 5  # longest repeat of committed words looked for at a pass's start
+EARLY = 0.1  # s: words starting this much before the committed end are still new
+
+
+def _same(a: Word, b: Word) -> bool:
+    return a.text.strip() == b.text.strip()
+
+
+class LocalAgreement:
+    """Feed each pass's words (stream times) to :meth:`update`; it returns the words committed.
+    Only the last ``MAX_NGRAM`` committed words are kept: memory does not grow with the stream."""
+
+    def __init__(self):
+        self.recent: List[Word] = []  # the last committed words
+        self.pending: List[Word] = []  # the previous pass's words after the committed ones
+        self.committed_end = 0.0
+
+    def new_words(self, words: Sequence[Word]) -> List[Word]:
+        """A pass's words after the committed ones: those starting after the committed end,
+        less an n-gram at the start that repeats the last committed words."""
+        new = [w for w in words if w.start > self.committed_end - EARLY]
+        if new and self.recent and abs(new[0].start - self.committed_end) < OVERLAP_WINDOW:
+            for n in range(min(len(self.recent), len(new), MAX_NGRAM), 0, -1):
+                if all(_same(a, b) for a, b in zip(self.recent[-n:], new[:n])):
+                    return new[n:]
+        return new
+
+    def update(self, words: Sequence[Word]) -> List[Word]:
+        new = self.new_words(words)
+        agreed = 0
+        while agreed < min(len(new), len(self.pending)) and _same(
+            new[agreed], self.pending[agreed]
+        ):
+            agreed += 1
+        self.pending = new[agreed:]
+        return self.commit(new[:agreed])
+
+    def commit(self, words: Sequence[Word]) -> List[Word]:
+        """Commit ``words`` (in order, after the committed ones) as they are."""
+        words = list(words)
+        if words:
+            self.recent = (self.recent + words)[-MAX_NGRAM:]
+            self.committed_end = max(self.committed_end, words[-1].end)
+        return words
+
+    def commit_pending(self, words: Sequence[Word] = ()) -> List[Word]:
+        """End of stream: commit ``words`` (the last pass's) after the committed ones, or the
+        pending words of the last pass."""
+        new = self.new_words(words) if words else self.pending
+        self.pending = []
+        return self.commit(new)
+
+    def drop_pending(self, before: float):
+        """Forget pending words that end before ``before`` (audio no longer in the buffer)."""
+        self.pending = [w for w in self.pending if w.end > before]
