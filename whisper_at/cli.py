@@ -51,6 +51,7 @@ SUBCOMMANDS = {
     "probe": "whisper_at.research",
     "noise-study": "whisper_at.research",
     "serve": "whisper_at.serve",
+    "live": "whisper_at.live.command",
 }
 MULTI_COMMAND_MODULES = {"whisper_at.research"}
 

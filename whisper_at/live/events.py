@@ -2,7 +2,7 @@
 the first sample fed), in the order they happen."""
 
 from dataclasses import asdict, dataclass
-from typing import Optional, Tuple
+from typing import Iterable, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -10,6 +10,10 @@ class Word:
     start: float
     end: float
     text: str  # as the model wrote it, leading space included
+
+
+def words_text(words: Iterable[Word]) -> str:
+    return "".join(w.text for w in words).strip()
 
 
 @dataclass(frozen=True)

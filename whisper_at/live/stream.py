@@ -9,10 +9,11 @@ skips at the buffer's start are trimmed away (the prompt starts afresh after the
 fed in any chunk sizes gives the same events. Rules: docs/live.md.
 """
 
+import math
 import warnings
 from collections import deque
 from dataclasses import replace
-from typing import Iterable, Iterator, List, Optional
+from typing import Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 from whisper.audio import SAMPLE_RATE
@@ -21,7 +22,7 @@ from ..gate import DEFAULT_MARGIN, gate_options
 from ..tagging import check_at_time_res
 from .agreement import EARLY, LocalAgreement
 from .backends import RESOLUTION_WARNING, PassOptions, has_head, run_pass
-from .events import Lag, Segment, Skipped, Tentative, Word
+from .events import Lag, Segment, Skipped, Tentative, Word, words_text
 from .sounds import SoundOptions, SoundTracker
 
 SENTENCE_ENDS = (".", "?", "!", "。", "？", "！")
@@ -44,15 +45,11 @@ def samples_of(chunk) -> np.ndarray:
     return array.astype(np.float32, copy=False)
 
 
-def _text(words: Iterable[Word]) -> str:
-    return "".join(w.text for w in words).strip()
-
-
 def _segment(cls, words: List[Word]):
     words = tuple(words)
     if not words:
         return cls(0.0, 0.0, "", ())
-    return cls(words[0].start, words[-1].end, _text(words), words)
+    return cls(words[0].start, words[-1].end, words_text(words), words)
 
 
 class LiveTranscriber:
@@ -101,6 +98,16 @@ class LiveTranscriber:
         """Seconds of audio fed so far."""
         return self.received / SAMPLE_RATE
 
+    @property
+    def settled(self) -> Tuple[float, float]:
+        """(s before which no more text will be committed, s up to which sound events are
+        known): what captions can be written up to (:class:`~whisper_at.live.LiveCaptions`)."""
+        if self.finished:
+            return math.inf, math.inf
+        speech = max(self.agreement.committed_end - EARLY, self.start / SAMPLE_RATE)
+        tags = self.done if self.sounds is None else self.sounds.next_row * self.res
+        return speech, tags / SAMPLE_RATE
+
     def feed(self, chunk, catch_up: bool = False) -> list:
         """Add samples; run the passes of every ``step`` they complete. ``catch_up=True`` (a
         real-time driver that finds more than one step waiting): one pass for all of them, and a
@@ -145,15 +152,15 @@ class LiveTranscriber:
 
     # --- one pass ----------------------------------------------------------------------------
 
-    def _prompt_text(self) -> str:
-        return _text(self.prompt)[-self.prompt_chars :]
+    def _promptwords_text(self) -> str:
+        return words_text(self.prompt)[-self.prompt_chars :]
 
     def _update(self, end: int, final: bool = False) -> list:
         events: list = []
         if end - self.start > self.max_buffer:  # behind, or no sentence ended for too long
             events += self._force_trim(end)
         audio = self.audio[: end - self.start]
-        result = run_pass(self.model, audio, self._prompt_text(), self.options)
+        result = run_pass(self.model, audio, self._promptwords_text(), self.options)
         self.passes += 1
         if self.options.language is None and result.language and result.words:
             self.options = replace(self.options, language=result.language)  # fixed from now
@@ -215,7 +222,7 @@ class LiveTranscriber:
         gone = [w for w in self.in_buffer if w.end <= to / SAMPLE_RATE]
         self.in_buffer = self.in_buffer[len(gone) :]
         self.prompt.extend(gone)
-        while len(self.prompt) > 1 and len(_text(self.prompt)) > self.prompt_chars:
+        while len(self.prompt) > 1 and len(words_text(self.prompt)) > self.prompt_chars:
             self.prompt.popleft()
 
     def _sentence_end(self) -> int:
