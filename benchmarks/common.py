@@ -315,8 +315,13 @@ def phase_peak():
 
 def run_child(script: Path, args: Sequence[str]) -> dict:
     """Run ``script --child ...`` in a fresh interpreter; returns the JSON of its last line."""
-    cmd = [sys.executable, str(script), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    return run_child_cmd([sys.executable, str(script), *args])
+
+
+def run_child_cmd(cmd: Sequence[str]) -> dict:
+    """Run a child command (e.g. another environment's Python on a benchmark script); returns
+    the JSON of its last line (:func:`emit`)."""
+    proc = subprocess.run(list(cmd), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"$ {' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -15,12 +15,18 @@
 #   "$PYTHON" -m pytest -q): torch==2.13.0 when no torch is installed (unpinned, pip would take
 #   the newest), then this checkout, editable, with its test extra, unless an editable install of
 #   this checkout and every requirement are there already.
+# whisperX (its tests: tests/test_whisperx.py) pins torch 2.8, older than the tests' torch: it gets a
+#   virtual environment of its own, .venv-whisperx (whisperx==3.8.6, its CUDA build of torch from
+#   PyPI, about 7.5 GB, and this checkout, editable); WHISPER_AT_SKIP_WHISPERX=1 leaves it out
+#   (the whisperX tests then skip, saying so).
 # Running it again installs nothing and takes a second or two.
 #   tests/install.sh --check    only report what is missing (exit status 1 if anything is)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=.venv  # the README runs the tests with .venv/bin/python
+WX_VENV=.venv-whisperx  # tests/test_whisperx.py runs whisperX with its Python
+WHISPERX=whisperx==3.8.6
 PYTHON=${PYTHON:-}
 CHECK=0
 case "${1:-}" in
@@ -148,6 +154,16 @@ if ! system_chromium; then
         browser=playwright
     fi
 fi
+whisperx_ready() {  # whisperX, and this checkout (editable), import in $WX_VENV
+    [ -x "$WX_VENV/bin/python" ] && "$WX_VENV/bin/python" - 2>/dev/null <<'EOF'
+import os, sys
+import whisperx  # noqa: F401
+import whisper_at
+sys.exit(os.path.dirname(os.path.realpath(whisper_at.__file__)) != os.path.realpath("whisper_at"))
+EOF
+}
+whisperx=ok
+if [ -z "${WHISPER_AT_SKIP_WHISPERX:-}" ] && ! whisperx_ready; then whisperx=missing; fi
 torch=ok
 python=ok
 if [ "$venv" = ok ]; then
@@ -161,6 +177,7 @@ if [ "$CHECK" = 1 ]; then
     if [ "$venv" != ok ]; then say "missing: the virtual environment $VENV"; status=1; fi
     if [ "$browser" != ok ]; then say "missing: Playwright's Chromium build"; status=1; fi
     if [ "$torch" != ok ]; then say "missing: torch"; status=1; fi
+    if [ "$whisperx" != ok ]; then say "missing: whisperX's environment $WX_VENV"; status=1; fi
     if [ "$python" != ok ]; then
         say "missing Python requirements:"
         printf '%s\n' "$unmet" | sed 's/^/    /' >&2
@@ -202,6 +219,14 @@ if [ "$torch" != ok ]; then
 fi
 if [ "$python" != ok ]; then
     "$PYTHON" -m pip install -e ".[test]"
+fi
+
+if [ "$whisperx" != ok ]; then
+    say "creating whisperX's environment $WX_VENV ($WHISPERX; several GB)"
+    [ -x "$WX_VENV/bin/python" ] || python3 -m venv "$WX_VENV"
+    "$WX_VENV/bin/python" -m pip install -q "$WHISPERX"
+    "$WX_VENV/bin/python" -m pip install -q -e .
+    whisperx_ready || { say "whisperX does not import in $WX_VENV"; exit 1; }
 fi
 
 if [ "$browser" != ok ] || { ! system_chromium && ! playwright_chromium; }; then

@@ -47,24 +47,29 @@ class FasterGate:
         result = SimpleNamespace(sequences_ids=[[token, token]], scores=[0.0], no_speech_prob=0.0)
         return result, 0.0, gate.SKIP_TEMPERATURE, 0.0
 
-    def judge(self, segment, tagger):
-        """The segment FW made as the gate keeps it (its times held to the speech, words
-        inside them), or None when it is dropped (past the end of the audio, or in no speech
-        as the rows and frames stand)."""
-        rows = gate.window_rows(tagger, round(segment.start * 100), round(segment.end * 100))
+    def hold(self, start: float, end: float, text: str, tagger) -> Optional[Tuple[float, float]]:
+        """The times a segment [start, end] keeps (held to the speech), or None when it is
+        dropped (past the end of the audio, or in no speech as the rows and frames stand)."""
+        rows = gate.window_rows(tagger, round(start * 100), round(end * 100))
         speech_map = gate.SpeechMap.build(tagger, rows, self.options.threshold,
                                           self.options.margin)  # fmt: skip
-        reason, start, end = gate.segment_verdict(segment.start, segment.end, speech_map,
-                                                  self.duration)  # fmt: skip
+        reason, held_start, held_end = gate.segment_verdict(start, end, speech_map, self.duration)
         if reason is not None:
-            self.dropped.append({"start": segment.start, "end": segment.end,
-                                 "text": segment.text, "reason": reason})  # fmt: skip
+            self.dropped.append({"start": start, "end": end, "text": text, "reason": reason})
             return None
-        if (start, end) == (segment.start, segment.end):
-            return segment
-        entry = gate.moved_entry(segment.start, segment.end, start, end)
-        self.log.moved.append(entry)
-        self.original[(start, end)] = entry["original"]
+        if (held_start, held_end) != (start, end):
+            entry = gate.moved_entry(start, end, held_start, held_end)
+            self.log.moved.append(entry)
+            self.original[(held_start, held_end)] = entry["original"]
+        return held_start, held_end
+
+    def judge(self, segment, tagger):
+        """The segment FW made as the gate keeps it (:meth:`hold`; words inside the new
+        times), or None when it is dropped."""
+        held = self.hold(segment.start, segment.end, segment.text, tagger)
+        if held is None or held == (segment.start, segment.end):
+            return None if held is None else segment
+        start, end = held
         words = segment.words
         if words:
             times = gate.held_words([(w.start, w.end) for w in words], start, end)

@@ -68,25 +68,37 @@ class TaggedTranscriptionInfo(TranscriptionInfo):
         """A segment's evidence (``at_speech_prob``, ``at_events``, ``at_hallucination``,
         ``at_reason``; rules in docs/gate.md), from the final tags; with the speech gate, also
         ``at_original_times`` when the gate moved its ends."""
-        audio_tag, session = self.audio_tag, self._session
+        audio_tag = self.audio_tag
         if audio_tag is None:
             raise RuntimeError("segment evidence needs an audio-tagging head")
-        threshold = (gate.DEFAULT_FLAG_THRESHOLD if session.gate is None
-                     else session.gate.options.threshold)  # fmt: skip
         start, end, text = (segment[k] if isinstance(segment, dict) else getattr(segment, k)
                             for k in ("start", "end", "text"))  # fmt: skip
-        segment = {"start": float(start), "end": float(end), "text": text}
-        info = gate.segment_evidence(segment, audio_tag, gate.speech_probability(audio_tag),
-                                     session.tagger.res_frames, threshold,
-                                     duration=session.n_frames / gate.FRAMES_PER_SECOND)
-        info.update(self._moved(segment))
-        return info
+        return session_evidence(self._session, float(start), float(end), text)
 
     def _moved(self, segment: dict) -> dict:
-        """``{"at_original_times": [start, end]}`` if the gate moved the segment's ends."""
-        held = self._session.gate
-        original = held.original.get((segment["start"], segment["end"])) if held else None
-        return {} if original is None else {"at_original_times": original}
+        return moved_times(self._session, segment["start"], segment["end"])
+
+
+def moved_times(session, start: float, end: float) -> dict:
+    """``{"at_original_times": [start, end]}`` if the session's gate moved a segment's ends to
+    ``start``, ``end``; else {}."""
+    held = session.gate
+    original = held.original.get((start, end)) if held else None
+    return {} if original is None else {"at_original_times": original}
+
+
+def session_evidence(session, start: float, end: float, text: str) -> dict:
+    """The evidence of a segment of a finished session (:func:`whisper_at.gate.segment_evidence`
+    with the session's tags, threshold and duration, plus :func:`moved_times`)."""
+    threshold = (gate.DEFAULT_FLAG_THRESHOLD if session.gate is None
+                 else session.gate.options.threshold)  # fmt: skip
+    audio_tag = session.audio_tag
+    segment = {"start": start, "end": end, "text": text}
+    info = gate.segment_evidence(segment, audio_tag, gate.speech_probability(audio_tag),
+                                 session.tagger.res_frames, threshold,
+                                 duration=session.n_frames / gate.FRAMES_PER_SECOND)
+    info.update(moved_times(session, start, end))
+    return info
 
 
 def _word(word) -> dict:
