@@ -1,13 +1,17 @@
 """whisper_at.live and ``whisper-at live``: real tiny.en (int8 CTranslate2 and the OpenAI
 checkpoint), the speech head the tests train, espeak-ng speech and sox tones and noise."""
 
+import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import testkit
 
-from whisper_at.live import Lag, LiveTranscriber, Segment, Skipped, Sound, Tentative
+from whisper_at.live import Lag, LiveTranscriber, Segment, Skipped, Sound, Tentative, event_dict
 from whisper_at.research.noise import word_error_rate
 
 RATE = 16000
@@ -101,9 +105,15 @@ def test_commits_as_it_goes_and_everything_at_the_end(fw_speech, speech_audio, s
     assert not [e for _, e in timed if isinstance(e, (Lag, Skipped))]
 
 
-def test_gate_commits_no_words_in_tone_noise_and_silence(fw_speech, mixed_audio):
+@pytest.fixture(scope="module")
+def mixed_run(fw_speech, mixed_audio):
+    """The mixed stream through the gate, in 0.5 s chunks: ([(fed s, event)], transcriber)."""
+    return _run(fw_speech, mixed_audio[0], [RATE // 2], at_speech_gate=0.5)
+
+
+def test_gate_commits_no_words_in_tone_noise_and_silence(mixed_audio, mixed_run):
     audio, onset, tone_end = mixed_audio
-    timed, live = _run(fw_speech, audio, [RATE // 2], at_speech_gate=0.5)
+    timed, live = mixed_run
     words = [w for _, e in timed if isinstance(e, Segment) for w in e.words]
     assert word_error_rate([testkit.SENTENCES[3]], [_committed(timed)]) <= 0.25
     assert words and all(w.end <= onset + 0.5 for w in words), words  # none in the non-speech
@@ -136,10 +146,10 @@ def test_catch_up_merges_steps(fw_speech, speech_audio):
 
 def test_openai_backend(tiny_speech, speech_audio):
     audio = speech_audio[: 6 * RATE]  # the first sentence
-    timed, live = _run(tiny_speech, audio, [RATE], step=1.5, at_speech_gate=0.5)
-    offline = tiny_speech.transcribe(audio, temperature=0.0, at_speech_gate=0.5)["text"]
-    assert word_error_rate([offline], [_committed(timed)]) <= 0.15, _committed(timed)
-    assert live.passes == 4  # at 1.5, 3, 4.5 and 6 s: nothing is left for finish()
+    timed, live = _run(tiny_speech, audio, [RATE], step=2.0, at_speech_gate=0.5)
+    offline = tiny_speech.transcribe(audio, temperature=0.0, at_speech_gate=0.5, fp16=False)
+    assert word_error_rate([offline["text"]], [_committed(timed)]) <= 0.15, _committed(timed)
+    assert live.passes == 3  # at 2, 4 and 6 s: nothing is left for finish()
 
 
 def test_bad_input(fw_speech):
@@ -155,3 +165,118 @@ def test_bad_input(fw_speech):
         LiveTranscriber(fw_speech, step=0)
     with pytest.raises(ValueError, match="at_speech_gate"):
         LiveTranscriber(fw_speech, at_speech_gate=2)
+
+
+# ---------------------------------------------------------------- the command
+
+
+def _command(ct2_dir, head, *args, stdin=None):
+    cmd = [sys.executable, "-m", "whisper_at", "live", *map(str, args), "--model", str(ct2_dir),
+           "--at_head", str(head), "--threads", "2"]  # fmt: skip
+    return subprocess.run(cmd, input=stdin, capture_output=True, timeout=600)
+
+
+def _error_line(proc) -> str:
+    """The command's error: one line, the last on stderr."""
+    lines = proc.stderr.decode().strip().splitlines()
+    errors = [line for line in lines if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0] == lines[-1], lines
+    return lines[-1]
+
+
+def _cues(path: Path, vtt: bool) -> list:
+    """(start, end, text) of a whole .vtt / .srt file (fails on a half-written one)."""
+    blocks = path.read_text(encoding="utf-8").split("\n\n")
+    if vtt:
+        assert blocks[0] == "WEBVTT"
+        blocks = blocks[1:]
+    assert blocks[-1] == "", "ends with a blank line after the last cue"
+    cues = []
+    for i, block in enumerate(blocks[:-1], start=1):
+        lines = block.splitlines()
+        if not vtt:
+            assert lines.pop(0) == str(i)
+        start, arrow, end = lines[0].split(" ")
+        assert arrow == "-->" and lines[1:]
+        cues.append((start, end, "\n".join(lines[1:])))
+    return cues
+
+
+def test_command_on_stdin_gives_the_api_events(ct2_tiny_en_dir, speech_head_file, mixed_audio,
+                                                mixed_run, tmp_path):  # fmt: skip
+    audio, onset, _ = mixed_audio
+    pcm = np.round(audio * 32768).astype("<i2").tobytes()  # the same samples (read_wav's)
+    out = {k: tmp_path / f"out.{k}" for k in ("sdh.vtt", "sdh.srt", "jsonl")}
+    proc = _command(ct2_tiny_en_dir, speech_head_file, "-", "--at_speech_gate", "0.5",
+                    "--vtt", out["sdh.vtt"], "--srt", out["sdh.srt"], "--events", out["jsonl"],
+                    stdin=pcm)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    logged = [json.loads(line) for line in out["jsonl"].read_text().splitlines()]
+    timed, _ = mixed_run
+    assert logged == [event_dict(e) for _, e in timed]  # raw PCM piped in: the API's events
+    vtt, srt = _cues(out["sdh.vtt"], True), _cues(out["sdh.srt"], False)
+    assert [c[2] for c in vtt] == [c[2] for c in srt] and len(vtt) >= 2
+    printed = proc.stdout.decode()
+    assert "[tone]" in printed and "[tone]" in {line for c in vtt for line in c[2].split("\n")}
+    spoken = [c for c in vtt if "[" not in c[2]]
+    assert word_error_rate([testkit.SENTENCES[3]], [" ".join(c[2] for c in spoken)]) <= 0.25
+    assert " ".join(c[2] for c in spoken) in " ".join(printed.split("] ")[1:]).replace("\n[", " [")
+
+
+def test_command_paced_file_and_container_on_stdin(ct2_tiny_en_dir, speech_head_file,
+                                                   speech_audio, tmp_path):  # fmt: skip
+    wav = tmp_path / "speech.wav"
+    testkit.write_wav(wav, speech_audio[: 6 * RATE])
+    begun = time.monotonic()
+    paced = _command(ct2_tiny_en_dir, speech_head_file, wav, "--realtime", "--step", "2",
+                     "--events", tmp_path / "paced.jsonl")  # fmt: skip
+    took = time.monotonic() - begun
+    assert paced.returncode == 0, paced.stderr.decode()[-2000:]
+    assert took >= 6.0  # read at the pace of the audio, not faster
+    piped = _command(ct2_tiny_en_dir, speech_head_file, "-", "--step", "2",
+                     stdin=wav.read_bytes())  # fmt: skip
+    assert piped.returncode == 0, piped.stderr.decode()[-2000:]
+    for proc in (paced, piped):
+        text = " ".join(line.split("] ", 1)[1] for line in proc.stdout.decode().splitlines())
+        assert word_error_rate([SPEECH[0]], [text]) <= 0.2, text
+    logged = [json.loads(line) for line in (tmp_path / "paced.jsonl").read_text().splitlines()]
+    assert {"segment", "tentative"} <= {e["type"] for e in logged}
+
+
+def test_command_bad_sources(ct2_tiny_en_dir, speech_head_file, speech_audio, tmp_path,
+                             monkeypatch, capsys):  # fmt: skip
+    from whisper_at import cli
+
+    vtt, log = tmp_path / "out.sdh.vtt", tmp_path / "out.jsonl"
+    files = ["--vtt", vtt, "--events", log]
+    # no microphone library: the import fails
+    monkeypatch.setitem(sys.modules, "sounddevice", None)
+    assert cli.main(["live", "--model", str(ct2_tiny_en_dir)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith("whisper-at: error: microphone input needs sounddevice") and "\n" not in err
+    )
+    assert "pip install 'whisper-at[live]'" in err
+    # a file that is not there: said before any model is loaded
+    proc = _command(ct2_tiny_en_dir, speech_head_file, tmp_path / "missing.wav", *files)
+    assert proc.returncode == 1
+    assert (
+        _error_line(proc) == f"whisper-at: error: audio file not found: {tmp_path / 'missing.wav'}"
+    )
+    # an unreadable URL: ffmpeg's reason; the files are there and whole (no cue)
+    proc = _command(ct2_tiny_en_dir, speech_head_file, "http://127.0.0.1:9/talk.wav", *files)
+    assert proc.returncode == 1
+    assert _error_line(proc).startswith(
+        "whisper-at: error: cannot read http://127.0.0.1:9/talk.wav:"
+    )
+    assert _cues(vtt, True) == [] and log.read_text() == ""
+    # float samples on stdin where 16-bit PCM is expected
+    proc = _command(ct2_tiny_en_dir, speech_head_file, "-", stdin=speech_audio.tobytes())
+    assert proc.returncode == 1 and "32-bit float" in _error_line(proc)
+    # raw PCM that ends mid-sample: the error, and what was heard before it, written whole
+    pcm = np.round(speech_audio[: 6 * RATE] * 32768).astype("<i2").tobytes() + b"\x01"
+    proc = _command(ct2_tiny_en_dir, speech_head_file, "-", "--step", "2", *files, stdin=pcm)
+    assert proc.returncode == 1 and "odd number of bytes" in _error_line(proc)
+    text = " ".join(c[2] for c in _cues(vtt, True))
+    assert word_error_rate([SPEECH[0]], [text]) <= 0.2, text
+    assert all(json.loads(line) for line in log.read_text().splitlines())

@@ -11,6 +11,7 @@ from torch import Tensor
 from ..gate import DEFAULT_MARGIN
 from .events import Word
 
+MIN_WORD = 0.02  # s: one alignment step; shorter words have no audio
 RESOLUTION_WARNING = "at_time_res=.*: the AT heads were trained"  # live tags rows finer on purpose
 
 
@@ -48,6 +49,13 @@ def _word(start, end, text) -> Word:
     return Word(round(float(start), 3), round(float(end), 3), str(text))
 
 
+def _spoken(words: List[Word]) -> List[Word]:
+    """A segment's words less the zero-length ones: the alignment found no audio for them
+    (text written past the speech, or over non-speech, which the gate's hold also leaves
+    zero-length on the speech's boundary)."""
+    return [w for w in words if w.end - w.start >= MIN_WORD]
+
+
 def run_pass(model, audio: np.ndarray, prompt: str, options: PassOptions) -> Pass:
     """Transcribe ``audio`` (float32, 16 kHz, at most ~30 s) with ``prompt`` as the previous
     text, tagging rows of ``options.at_time_res`` in the same encoder pass."""
@@ -62,7 +70,8 @@ def run_pass(model, audio: np.ndarray, prompt: str, options: PassOptions) -> Pas
         if is_faster(model):
             segments, info = model.transcribe(audio, beam_size=options.beam_size,
                                               vad_filter=False, **common)  # fmt: skip
-            words = [_word(w.start, w.end, w.word) for s in segments for w in (s.words or [])]
+            words = _spoken([_word(w.start, w.end, w.word) for s in segments
+                             for w in (s.words or [])])  # fmt: skip
             gate_log = getattr(info, "at_gate", None) or {}
             audio_tag = getattr(info, "audio_tag", None)
             language = info.language
@@ -70,8 +79,8 @@ def run_pass(model, audio: np.ndarray, prompt: str, options: PassOptions) -> Pas
             beam = {"beam_size": options.beam_size} if options.beam_size > 1 else {}
             fp16 = model.device.type == "cuda"
             result = model.transcribe(audio, verbose=None, fp16=fp16, **beam, **common)
-            words = [_word(w["start"], w["end"], w["word"]) for s in result["segments"]
-                     for w in s.get("words", [])]  # fmt: skip
+            words = _spoken([_word(w["start"], w["end"], w["word"]) for s in result["segments"]
+                             for w in s.get("words", [])])  # fmt: skip
             gate_log = result.get("at_gate") or {}
             audio_tag = result.get("audio_tag")
             language = result.get("language")

@@ -6,11 +6,9 @@ import argparse
 import os
 import signal
 import sys
-import time
 from typing import List, Optional
 
 import numpy as np
-from whisper.audio import SAMPLE_RATE
 
 from ..cli import load_tagging_model
 from ..options import (
@@ -24,7 +22,7 @@ from ..options import (
 from .captions import LiveCaptions
 from .events import Lag
 from .sounds import SoundOptions
-from .sources import SourceError, open_source
+from .sources import SourceError, check_source, open_source
 from .stream import LiveTranscriber
 
 LAG_EVERY = 10.0  # s of stream between two "behind real time" messages
@@ -89,15 +87,11 @@ def _interrupt(*_):
 def run(live: LiveTranscriber, captions: LiveCaptions, source) -> Optional[str]:
     """Stream ``source`` through ``live`` into ``captions`` until its end or Ctrl-C; the tail
     is committed and the files closed whole in any case. Returns the source's problem."""
-    begun, fed, said = time.monotonic(), 0, -LAG_EVERY
-    problem = None
+    said, problem = -LAG_EVERY, None
     try:
         for batch in source.chunks():
-            chunk = np.concatenate(batch)
-            fed += len(chunk)
-            # behind: the audio arrives no faster than real time, yet more than a step waits
-            in_time = fed / SAMPLE_RATE <= time.monotonic() - begun + 2 * live.step / SAMPLE_RATE
-            events = live.feed(chunk, catch_up=source.live and in_time)
+            # behind: the audio arrives at real-time pace, yet more than a step of it waits
+            events = live.feed(np.concatenate(batch), catch_up=source.paced())
             for event in events:
                 if isinstance(event, Lag) and event.time - said >= LAG_EVERY:
                     said = event.time
@@ -125,13 +119,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         error(problem)
         return 2
     try:
-        source = open_source(args["source"], args["realtime"], args["input_device"])
+        check_source(args["source"])
     except SourceError as e:
         error(str(e))
         return 1
     model = _load(parser, args)
     if model is None:
-        source.close()
         return 2
     sounds = SoundOptions(threshold=args["at_threshold"], top_k=args["at_top_k"],
                           speech_events=args["at_speech_events"])  # fmt: skip
@@ -142,8 +135,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                                at_time_res=args["at_time_res"], beam_size=args["beam_size"],
                                sounds=sounds)  # fmt: skip
     except (TypeError, ValueError) as e:
-        source.close()
         parser.error(str(e))
+    try:
+        source = open_source(args["source"], args["realtime"], args["input_device"])
+    except SourceError as e:
+        error(str(e))
+        return 1
     captions = LiveCaptions(args["vtt"], args["srt"], args["events"],
                             lambda line: print(line, flush=True), args["at_sdh_continues"],
                             args["at_sdh_repeat"])  # fmt: skip

@@ -18,6 +18,7 @@ from whisper.audio import SAMPLE_RATE
 from ..audio_io import _ffmpeg_error
 
 CHUNK = SAMPLE_RATE // 10  # samples per chunk read (0.1 s)
+PACE_SLACK = 3.0  # s: a source that has delivered no more than the time elapsed + this is live
 MAGIC = (b"RIFF", b"OggS", b"fLaC", b"ID3", b"\x1a\x45\xdf\xa3", b"FORM", b"caff")
 END = None  # queued after the last chunk
 
@@ -53,12 +54,22 @@ class Source:
         self.queue: "queue.Queue" = queue.Queue(maxsize=0 if live else 64)
         self.error: Optional[str] = None
         self.closed = threading.Event()
+        self.begun, self.received = time.monotonic(), 0
+
+    def paced(self) -> bool:
+        """Whether the audio arrives at real-time pace (so that audio waiting means the
+        consumer is behind): a live source that has not delivered more than the time elapsed
+        (a file piped into stdin arrives faster: it is not live)."""
+        elapsed = time.monotonic() - self.begun
+        return self.live and self.received / SAMPLE_RATE <= elapsed + PACE_SLACK
 
     def put(self, chunk) -> bool:
         """Queue a chunk; False once the source is closed."""
         while not self.closed.is_set():
             try:
                 self.queue.put(chunk, timeout=0.1)
+                if chunk is not END:
+                    self.received += len(chunk)
                 return True
             except queue.Full:
                 continue
@@ -212,8 +223,7 @@ def open_file(name: str, realtime: bool = False) -> Source:
     return source
 
 
-def open_microphone(device=None) -> Source:
-    """The default (or named) input device, 16 kHz mono int16, via sounddevice."""
+def _sounddevice():
     try:
         import sounddevice
     except (ImportError, OSError) as e:  # OSError: the library is there, PortAudio is not
@@ -221,6 +231,12 @@ def open_microphone(device=None) -> Source:
         raise SourceError("microphone input needs sounddevice and PortAudio: pip install "
                           f"'whisper-at[live]'{detail}; or give a file, URL or - for stdin"
                           ) from None  # fmt: skip
+    return sounddevice
+
+
+def open_microphone(device=None) -> Source:
+    """The default (or named) input device, 16 kHz mono int16, via sounddevice."""
+    sounddevice = _sounddevice()
     source = Source("microphone", live=True)
 
     def callback(data, frames, when, status):
@@ -244,6 +260,16 @@ def open_microphone(device=None) -> Source:
 
     source.close = close
     return source
+
+
+def check_source(name: Optional[str]):
+    """Problems found before a model is loaded: a missing file, microphone library or ffmpeg."""
+    if name is None:
+        _sounddevice()
+    elif name != "-" and "://" not in name and not os.path.isfile(name):
+        raise SourceError(f"audio file not found: {name}")
+    elif name != "-" and shutil.which("ffmpeg") is None:
+        raise SourceError(f"reading {name} needs ffmpeg on PATH")
 
 
 def open_source(name: Optional[str], realtime: bool = False, device=None) -> Source:

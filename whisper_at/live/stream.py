@@ -28,9 +28,8 @@ from .sounds import SoundOptions, SoundTracker
 SENTENCE_ENDS = (".", "?", "!", "。", "？", "！")
 MAX_PASS = 28.0  # s: a pass stays inside one 30 s window
 SOUND_LOOKAHEAD = 1  # rows of audio after a row before its tags are final
-IDLE_KEEP = (
-    2.0  # s kept at the end when a pass heard nothing new  # s: a pass stays inside one 30 s window
-)
+IDLE_KEEP = 2.0  # s kept at the end when a pass heard nothing new
+LEAK = 1.6  # s after speech that the head may still call speech (docs/gate.md)
 
 
 def samples_of(chunk) -> np.ndarray:
@@ -152,7 +151,7 @@ class LiveTranscriber:
 
     # --- one pass ----------------------------------------------------------------------------
 
-    def _promptwords_text(self) -> str:
+    def _prompt_string(self) -> str:
         return words_text(self.prompt)[-self.prompt_chars :]
 
     def _update(self, end: int, final: bool = False) -> list:
@@ -160,7 +159,7 @@ class LiveTranscriber:
         if end - self.start > self.max_buffer:  # behind, or no sentence ended for too long
             events += self._force_trim(end)
         audio = self.audio[: end - self.start]
-        result = run_pass(self.model, audio, self._promptwords_text(), self.options)
+        result = run_pass(self.model, audio, self._prompt_string(), self.options)
         self.passes += 1
         if self.options.language is None and result.language and result.words:
             self.options = replace(self.options, language=result.language)  # fixed from now
@@ -179,7 +178,7 @@ class LiveTranscriber:
             events.append(_segment(Tentative, self.agreement.pending))
         self.done = end
         if not final and not self.agreement.pending:  # nothing heard beyond the committed text
-            self._trim(self._idle_end(end))
+            self._idle_trim(end)
         if not final and end - self.start > self.trim_after:
             self._trim(self._sentence_end())
         return events
@@ -232,15 +231,17 @@ class LiveTranscriber:
                 return self._grid(w.end)
         return self.start
 
-    def _idle_end(self, end: int) -> int:
-        """Where the buffer may start when a pass heard nothing uncommitted: IDLE_KEEP seconds
-        before its end (a word only beginning there is kept), not inside the last committed
-        word's end (whose tail could be heard again as a new word)."""
+    def _idle_trim(self, end: int):
+        """A pass heard nothing beyond the committed text: the buffer may start IDLE_KEEP s
+        before its end (a word only beginning there stays), once that is LEAK s past the last
+        committed word (the head hears speech up to 1.6 s after it ends: a buffer starting
+        there would be decoded as speech). Nothing was said there: as after a skip, the prompt
+        starts afresh."""
         to = (end - round(IDLE_KEEP * SAMPLE_RATE)) // self.res * self.res
-        last = self.agreement.committed_end
-        if last - EARLY <= to / SAMPLE_RATE < last:
-            to = self._grid(last - EARLY)
-        return to
+        if to / SAMPLE_RATE < self.agreement.committed_end + LEAK or to <= self.start:
+            return
+        self._trim(to)
+        self.prompt.clear()
 
     def _force_trim(self, end: int) -> list:
         """Keep the last ``trim_after`` seconds: words heard before them are committed as the
