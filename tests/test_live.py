@@ -144,6 +144,16 @@ def test_catch_up_merges_steps(fw_speech, speech_audio):
     assert word_error_rate([" ".join(SPEECH)], [_committed([(0, e) for e in events])]) <= 0.25
 
 
+def test_catch_up_far_behind_stays_bounded(fw_speech, speech_audio):
+    live = LiveTranscriber(fw_speech)
+    behind = np.concatenate([speech_audio] * 3)  # ~33 s waiting at once: more than max_buffer
+    events = live.feed(behind, catch_up=True)
+    assert isinstance(events[0], Lag) and events[0].merged == int(len(behind) / RATE)
+    assert live.passes == 1 and len(live.audio) <= 25 * RATE
+    words = [w for e in events if isinstance(e, Segment) for w in e.words]
+    assert all(w.start >= len(behind) / RATE - 25 for w in words)  # only the audio kept
+
+
 def test_openai_backend(tiny_speech, speech_audio):
     audio = speech_audio[: 6 * RATE]  # the first sentence
     timed, live = _run(tiny_speech, audio, [RATE], step=2.0, at_speech_gate=0.5)

@@ -17,25 +17,25 @@ def words_text(words: Iterable[Word]) -> str:
 
 
 @dataclass(frozen=True)
-class Segment:
-    """Committed text: final, never changed or repeated by a later event."""
-
+class Text:
     start: float
     end: float
     text: str
     words: Tuple[Word, ...]
+
+
+@dataclass(frozen=True)
+class Segment(Text):
+    """Committed text: final, never changed or repeated by a later event."""
+
     final: bool = True
 
 
 @dataclass(frozen=True)
-class Tentative:
+class Tentative(Text):
     """The tail the last pass heard after the committed text; each one replaces the previous
     (empty ``words``: none). It may change or vanish."""
 
-    start: float
-    end: float
-    text: str
-    words: Tuple[Word, ...]
     final: bool = False
 
 

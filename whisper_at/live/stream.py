@@ -252,6 +252,8 @@ class LiveTranscriber:
         events = self._commit(self.agreement.commit(forced))
         if forced:
             cut = max(cut, self._grid(forced[-1].end))
+        if self.sounds is not None and self.sounds.next_row * self.res < cut:
+            self.sounds.next_row = cut // self.res  # behind: those rows are never tagged
         self._trim(cut)
         return events
 
