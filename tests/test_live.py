@@ -59,12 +59,14 @@ def _chunks(audio: np.ndarray, sizes):
 
 
 def _run(model, audio, sizes, **options):
-    """[(seconds fed when reported, event)] of a whole stream fed in chunks of ``sizes``."""
+    """([(seconds fed when reported, event)], the transcriber) of a whole stream fed in chunks
+    of ``sizes``; events of finish() have the time inf."""
     live = LiveTranscriber(model, **options)
-    timed = []
+    timed, live.settles = [], []  # settles: (seconds fed, live.settled) after each feed
     for chunk in _chunks(audio, sizes):
         timed += [(live.time, e) for e in live.feed(chunk)]
-    return timed + [(live.time, e) for e in live.finish()], live
+        live.settles.append((live.time, live.settled))
+    return timed + [(float("inf"), e) for e in live.finish()], live  # inf: from finish()
 
 
 def _committed(timed) -> str:
@@ -127,6 +129,26 @@ def test_gate_commits_no_words_in_tone_noise_and_silence(mixed_audio, mixed_run)
     assert abs(start.start - onset) <= 1.0, start
     assert reported - onset <= 2.5  # onset latency: the row ends, then the next step
     assert ended and abs(ended[0].end - tone_end) <= 1.5, ended
+
+
+def test_captions_as_they_settle_are_the_whole_streams(mixed_run, tmp_path):
+    """LiveCaptions fed the events pass by pass writes the cues sdh_cues makes of the whole
+    stream at once, each once, in order, never changed afterwards."""
+    from whisper_at.live.captions import LiveCaptions
+    from whisper_at.outputs.sdh import sdh_cues
+
+    timed, live = mixed_run
+    shown, written = [], []
+    captions = LiveCaptions(vtt=str(tmp_path / "c.vtt"), show=shown.append)
+    for fed, settled in live.settles:
+        captions.add([e for t, e in timed if t == fed])
+        written += captions.settle(*settled)
+    captions.add([e for t, e in timed if t == float("inf")])
+    written += captions.close()
+    sounds = [{"start": e.start, "end": e.end, "index": e.index, "peak": e.peak}
+              for _, e in timed if isinstance(e, Sound) and e.end is not None]  # fmt: skip
+    assert written == sdh_cues(captions.speech, sounds) and len(shown) >= len(written) >= 2
+    assert [c[2] for c in _cues(tmp_path / "c.vtt", True)] == [c[2] for c in written]
 
 
 def test_no_gate_stream_of_silence_commits_nothing(fw_speech):

@@ -1,9 +1,10 @@
 """SDH captions of a live stream, as they settle: committed words grouped into speech cues,
 sound events, the rules of docs/outputs.md (``whisper_at.outputs.sdh_cues``: onset captions,
 ``[... continues]``, sound-only cues). A cue is written once nothing can change it any more:
-no speech can be committed before its end, and the tags up to its end are final."""
+no speech can be committed before its end, and the tags up to a second after it are final."""
 
 import json
+import math
 from typing import Callable, Dict, List, Optional, Tuple
 
 from whisper.utils import format_timestamp
@@ -85,12 +86,13 @@ class LiveCaptions:
         for cue in sdh_cues(self.speech, events, self.repeat, self.continues):
             if self.last is not None and cue[:2] <= self.last:
                 continue
-            if cue[1] > until:
-                break
+            if cue[1] + MIN_EVENT_CUE > until:  # what starts or ends within 1 s of a cue's
+                break  # end can still join it (touching sounds merge, short parts are joined)
             new.append(cue)
             self.last = cue[:2]
         self._emit(new)
-        self._forget(until - HISTORY)
+        if math.isfinite(until):
+            self._forget(until - HISTORY)
         return new
 
     def _forget(self, before: float):
