@@ -58,9 +58,13 @@ def _runner(name: str, threads: int):
             kind = name.split()[-1]
             return lambda audio: ("", model.tag(audio, at_compute_type=kind)["audio_tag"])
 
+        import whisper_at
+
+        run = whisper.transcribe if name == "openai-whisper" else whisper_at.transcribe
+
         def transcribe(audio):
             torch.manual_seed(0)
-            result = whisper.transcribe(model, audio, fp16=False, language="en")
+            result = run(model, audio, fp16=False, language="en")
             return result["text"], result.get("audio_tag")
 
         return transcribe

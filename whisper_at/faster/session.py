@@ -255,16 +255,23 @@ def _segments(model, session: Session, segments) -> Iterator:
     session.finish()
 
 
-def run(model, transcribe, owner, audio, args, kwargs, at_time_res, fill_gaps,
-        speech_gate=None, segment_info=False, gate_margin=gate.DEFAULT_MARGIN):  # fmt: skip
-    """``transcribe(owner, audio, *args, **kwargs)`` (FW's function) with tagging: returns
-    (lazy segments, :class:`TaggedTranscriptionInfo`)."""
+def checked_options(model, at_time_res, fill_gaps, speech_gate, segment_info, gate_margin):
+    """(at_time_res, gate options or None) of a tagged transcription, its arguments checked."""
     at_time_res = check_at_time_res(at_time_res)
     gate_options = gate.gate_options(model.at_model, speech_gate, gate_margin)
     if segment_info:
         gate.check_head(model.at_model, "at_segment_info")
     if not isinstance(fill_gaps, bool):
         raise TypeError(f"at_fill_gaps must be True or False, got {fill_gaps!r}")
+    return at_time_res, gate_options
+
+
+def run(model, transcribe, owner, audio, args, kwargs, at_time_res, fill_gaps,
+        speech_gate=None, segment_info=False, gate_margin=gate.DEFAULT_MARGIN):  # fmt: skip
+    """``transcribe(owner, audio, *args, **kwargs)`` (FW's function) with tagging: returns
+    (lazy segments, :class:`TaggedTranscriptionInfo`)."""
+    at_time_res, gate_options = checked_options(model, at_time_res, fill_gaps, speech_gate,
+                                                segment_info, gate_margin)  # fmt: skip
     if not isinstance(audio, np.ndarray):
         audio = decode_audio(audio, sampling_rate=model.feature_extractor.sampling_rate)
     if audio.ndim != 1:

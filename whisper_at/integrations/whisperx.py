@@ -32,8 +32,7 @@ from .. import gate
 from ..faster.model import TaggingMixin
 from ..faster.model import enable_tagging as enable_model_tagging
 from ..faster.results import session_evidence
-from ..faster.session import Session, activated, active_session
-from ..tagging import check_at_time_res
+from ..faster.session import Session, activated, active_session, checked_options
 
 __all__ = ["enable_tagging"]
 
@@ -74,12 +73,8 @@ def tagged_transcribe(pipeline, transcribe, audio, args, kwargs, at_time_res: fl
     """``transcribe(audio, *args, **kwargs)`` (whisperX's, bound to ``pipeline``) under a
     tagging session; its result with the tags (see :func:`enable_tagging`)."""
     model = pipeline.model
-    at_time_res = check_at_time_res(at_time_res)
-    gate_options = gate.gate_options(model.at_model, at_speech_gate, at_gate_margin)
-    if at_segment_info:
-        gate.check_head(model.at_model, "at_segment_info")
-    if not isinstance(at_fill_gaps, bool):
-        raise TypeError(f"at_fill_gaps must be True or False, got {at_fill_gaps!r}")
+    at_time_res, gate_options = checked_options(model, at_time_res, at_fill_gaps, at_speech_gate,
+                                                at_segment_info, at_gate_margin)  # fmt: skip
     if model.at_model is None:  # no head: whisperX alone
         return transcribe(audio, *args, **kwargs)
     if isinstance(audio, str):
