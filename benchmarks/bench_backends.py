@@ -6,10 +6,12 @@ temperature fallback; faster-whisper and whisperX: 5 beams; transformers: the ch
 generation config, greedy), a seeded random TL-TR head. Each configuration runs in a fresh
 process (whisperX's in .venv-whisperx, which tests/install.sh builds: whisperX pins torch 2.8):
 load, one warm-up call on 5 s, then ``--repeats`` timed calls (median). Peak RSS is the
-process's, model loading included. Tag rows are compared with ``whisper_at.transcribe``'s
-(max |logit difference| over the rows both tag, median over rows, and the share of rows with
-the same top-5 classes); "text" says whether the transcript equals the same library's without
-tags.
+process's, model loading included. The ratios to the same library without tags are also measured
+in one process per library, the configurations run in alternating order (median of the
+per-round ratios), which a busy machine disturbs less. Tag rows are compared with
+``whisper_at.transcribe``'s (max |logit difference| over the rows both tag, median over rows,
+and the share of rows with the same top-5 classes); "text" says whether the transcript equals
+the same library's without tags.
 
     python benchmarks/bench_backends.py [--repeats 3] [--threads 2]
 """
@@ -36,7 +38,7 @@ CONFIGS = {
     "transformers pipeline": ("main", None),
     "transformers pipeline + tags": ("main", "transformers pipeline"),
     "model.tag float32": ("main", None),
-    "model.tag auto": ("main", None),
+    "model.tag auto": ("main", "model.tag float32"),
 }
 REFERENCE = "whisper_at"
 
@@ -140,6 +142,28 @@ def child(name: str, audio_path: str, repeats: int, threads: int, out: str) -> N
                  "rss": common.peak_rss_mb()})  # fmt: skip
 
 
+def pairs(audio_path: str, repeats: int, threads: int, names) -> None:
+    """Wall of each configuration in one process, run in alternating order; emits the median
+    of the per-round ratios to the first (robust to load that drifts between rounds)."""
+    audio = common.load_wav(Path(audio_path))
+    runs = {name: _runner(name, threads) for name in names}
+    for run in runs.values():
+        run(audio[: 5 * common.SAMPLE_RATE])
+    times = common.alternate({name: (lambda run=run: run(audio)) for name, run in runs.items()},
+                             repeats)  # fmt: skip
+    first = names[0]
+    common.emit({name: common.paired_ratio(times[name], times[first]) for name in names[1:]})
+
+
+GROUPS = [  # configurations timed against each other in one process (the first: without tags)
+    ["openai-whisper", "whisper_at"],
+    ["faster-whisper", "whisper_at.faster one_pass", "whisper_at.faster exact"],
+    ["whisperX", "whisperX + tags exact", "whisperX + tags one_pass"],
+    ["transformers pipeline", "transformers pipeline + tags"],
+    ["model.tag float32", "model.tag auto"],
+]
+
+
 def agreement(tags, reference) -> tuple:
     """(median over rows of max |logit difference|, share of rows with equal top-5 sets) over
     the rows both tag."""
@@ -161,10 +185,13 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=list(CONFIGS), help="configurations to run")
     parser.add_argument("--child", nargs=4, metavar=("NAME", "AUDIO", "REPEATS", "OUT"),
                         help=argparse.SUPPRESS)  # fmt: skip
+    parser.add_argument("--pairs", nargs="+", help=argparse.SUPPRESS)  # AUDIO REPEATS NAME...
     args = parser.parse_args()
     if args.child:
         name, audio, repeats, out = args.child
         return child(name, audio, int(repeats), args.threads, out)
+    if args.pairs:
+        return pairs(args.pairs[0], int(args.pairs[1]), args.threads, args.pairs[2:])
     import numpy as np
 
     audio = common.make_audio()
@@ -185,6 +212,15 @@ def main() -> None:
                    str(audio), str(args.repeats), out]  # fmt: skip
             results[name] = dict(common.run_child_cmd(cmd), npy=out)
             print(f"{name}: {results[name]['wall']:.2f} s", file=sys.stderr, flush=True)
+        paired = {}
+        for group in GROUPS:
+            group = [name for name in group if name in results]
+            if len(group) > 1:
+                python = sys.executable if CONFIGS[group[0]][0] == "main" else str(WHISPERX_PYTHON)
+                cmd = [python, __file__, "--threads", str(args.threads), "--pairs", str(audio),
+                       str(args.repeats), *group]  # fmt: skip
+                paired.update(common.run_child_cmd(cmd))
+                print(f"paired: {group}", file=sys.stderr, flush=True)
         reference = np.load(results[REFERENCE]["npy"])
         rows = []
         for name, r in results.items():
@@ -192,10 +228,12 @@ def main() -> None:
             same = "" if plain not in results else str(r["text"] == results[plain]["text"])
             diff, top5 = agreement(np.load(r["npy"]), reference) if r["tags"] else ("", "")
             ratio = r["wall"] / results[plain]["wall"] if plain in results else ""
-            rows.append([name, r["wall"], duration / r["wall"], ratio, r["rss"], diff, top5, same])
+            rows.append([name, r["wall"], duration / r["wall"], ratio, paired.get(name, ""),
+                         r["rss"], diff, top5, same])  # fmt: skip
     print(f"{duration:.1f} s recording, tiny.en, CPU, {args.threads} threads, "
           f"median of {args.repeats}; {common.machine()}")  # fmt: skip
     print(common.table(["configuration", "wall s", "x real time", "vs without tags",
+                        "paired (one process, alternated)",
                         "peak RSS MiB", "tag diff (median row max)", "top-5 rows equal",
                         "text unchanged"], rows))  # fmt: skip
 
