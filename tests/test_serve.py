@@ -65,15 +65,13 @@ def _wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 18
     pytest.fail(f"server not ready after {timeout} s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="module")
-def server(tiny_en_pt, tiny_head_file, tmp_path_factory):
-    """URL of a running ``whisper-at serve`` with tiny.en and the random head."""
+@contextmanager
+def serving(args, log: Path):
+    """URL of ``python -m whisper_at.serve <args>`` on a free loopback port, until the end."""
     pytest.importorskip("gradio", reason="pip install 'whisper-at[demo]'")
-    log = tmp_path_factory.mktemp("serve") / "server.log"
     port = _free_port()
-    cmd = [sys.executable, "-m", "whisper_at.serve", "--model", str(tiny_en_pt),
-           "--at_head", str(tiny_head_file), "--host", "127.0.0.1", "--port", str(port),
-           "--max_duration", str(MAX_DURATION), "--device", "cpu"]
+    cmd = [sys.executable, "-m", "whisper_at.serve", *map(str, args), "--host", "127.0.0.1",
+           "--port", str(port), "--max_duration", str(MAX_DURATION), "--device", "cpu"]
     env = dict(os.environ, PYTHONPATH=str(REPO), GRADIO_ANALYTICS_ENABLED="False")
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -88,6 +86,14 @@ def server(tiny_en_pt, tiny_head_file, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_en_pt, tiny_head_file, tmp_path_factory):
+    """URL of a running ``whisper-at serve`` with tiny.en and the random head."""
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    with serving(["--model", tiny_en_pt, "--at_head", tiny_head_file], log) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -118,13 +124,14 @@ def _tags(cell: str):
 
 
 @contextmanager
-def _browser(tmp_path: Path):
+def _browser(tmp_path: Path, extra_args=()):
     """Headless Debian chromium driven by Playwright (its own browser download is not used)."""
     playwright = pytest.importorskip("playwright.sync_api")
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=_chromium(p), args=CHROMIUM_ARGS,
-            headless=True, viewport={"width": 1280, "height": 900})
+            str(tmp_path / "profile"), executable_path=_chromium(p),
+            args=CHROMIUM_ARGS + list(extra_args), headless=True,
+            viewport={"width": 1280, "height": 900})
         try:
             yield browser
         finally:

@@ -2,8 +2,10 @@
 
 Upload or record audio, choose a model and options; the page shows the timestamped transcript,
 the sound-event timeline the CLI writes (``<name>.events.png``), a per-chunk tag table and the
-CLI's output files to download. Each model loads once per server, on first use (the ``--model``
-at start-up), and serves one request at a time; other requests wait in the queue.
+CLI's output files to download; the Live tab captions the browser's microphone as it goes
+(serve_live.py). Each model loads once per server, on first use (the ``--model`` at start-up), with
+either backend (``--backend``; serve_models.py), and serves one request at a time; other requests
+wait in the queue.
 Needs ``pip install 'whisper-at[demo]'`` (gradio and matplotlib). See docs/serve.md.
 """
 
@@ -14,9 +16,8 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional
 
 import torch
 import whisper
@@ -27,6 +28,9 @@ from whisper.utils import format_timestamp
 from .formats import weights
 from .labels import parse_at_label, supported_languages
 from .outputs import TagOptions, row_times, write_outputs
+from .serve_live import build_live_tab
+from .serve_models import BACKENDS, ModelCache, is_multilingual, model_label, transcribe_audio
+from .serve_models import one_line as _one_line
 
 PROG = "whisper-at serve"
 DOWNLOADS = ("txt", "srt", "vtt", "sdh.srt", "tags.json")  # the files offered for download
@@ -46,41 +50,6 @@ def offline_theme():
 
     return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                              font_mono=["ui-monospace", "monospace"])
-
-
-def model_label(name: str) -> str:
-    return os.path.basename(name) if os.path.exists(name) else name
-
-
-class ModelCache:
-    """Models loaded on first use, once per name. Each has a lock, held while it loads and
-    while a request uses it: one request at a time per model; other models stay available."""
-
-    def __init__(self, at_heads: Dict[str, str], device: Optional[str], download_root,
-                 at_head_mirror: Optional[str] = None):
-        self.at_heads = at_heads
-        self.at_head_mirror = at_head_mirror
-        self.device = device
-        self.download_root = download_root
-        self.models: Dict[str, list] = {}  # name -> [model or None, lock]
-        self.lock = threading.Lock()
-
-    def get(self, name: str) -> Tuple[object, threading.Lock]:
-        """(model, its lock) for a model name or path; loads it the first time."""
-        import whisper_at
-
-        with self.lock:
-            entry = self.models.setdefault(name, [None, threading.Lock()])
-        with entry[1]:
-            if entry[0] is None:
-                entry[0] = whisper_at.load_model(name, self.device, self.download_root,
-                                                 at_head=self.at_heads.get(name),
-                                                 at_head_mirror=self.at_head_mirror)
-        return entry[0], entry[1]
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def read_audio(path: Optional[str], max_duration: float):
@@ -153,8 +122,6 @@ def make_handler(cache: ModelCache, max_duration: float, output_root: str):
     """The page's submit function (also the ``/transcribe`` API endpoint)."""
     import gradio as gr
 
-    from .transcribe import transcribe
-
     def run(audio, model, task, language, at_time_res, top_k, threshold, label_language,
             speech_gate=False, gate_threshold=0.5, progress=gr.Progress(track_tqdm=True)):
         progress(0, desc="decoding audio")
@@ -165,7 +132,7 @@ def make_handler(cache: ModelCache, max_duration: float, output_root: str):
         except Exception as e:
             raise gr.Error(f"cannot load model {model_label(model)}: {_one_line(e)}") from e
         language = None if language == "auto" else language
-        if not loaded.is_multilingual and language not in (None, "en"):
+        if not is_multilingual(loaded) and language not in (None, "en"):
             gr.Warning(f"{model_label(model)} is English-only: transcribing as English.")
             language = "en"
         at_time_res = round(round(float(at_time_res) / 0.4) * 0.4, 1)
@@ -182,9 +149,7 @@ def make_handler(cache: ModelCache, max_duration: float, output_root: str):
         progress(0, desc=f"transcribing with {model_label(model)}")
         try:
             with lock:
-                result = transcribe(loaded, samples, at_time_res=at_time_res, task=task,
-                                    language=language, verbose=False,
-                                    fp16=loaded.device.type == "cuda", **gate)
+                result = transcribe_audio(loaded, samples, at_time_res, task, language, gate)
         except Exception as e:
             raise gr.Error(f"transcription failed: {_one_line(e)}") from e
         progress(1, desc="writing outputs")
@@ -234,44 +199,47 @@ def build_demo(
         gr.Markdown("## Whisper-AT: speech transcription and sound events\n"
                     "Upload or record audio; Whisper transcribes it and tags the AudioSet sound "
                     "events heard in each chunk.")
-        with gr.Row():
-            with gr.Column(scale=1):
-                audio = gr.Audio(sources=["upload", "microphone"], type="filepath",
-                                 label="Audio")
-                model_box = gr.Dropdown([(model_label(m), m) for m in choices], value=model,
-                                        label="Model")
-                task = gr.Radio(["transcribe", "translate"], value="transcribe", label="Task")
-                language = gr.Dropdown(languages, value="auto", label="Spoken language")
-                with gr.Accordion("Sound-event tags", open=True):
-                    time_res = gr.Slider(0.4, 30, value=10, step=0.4,
-                                         label="Seconds per tag row (at_time_res)")
-                    top_k = gr.Slider(1, 20, value=5, step=1, label="Top-k tags per row")
-                    threshold = gr.Number(-1, label="Logit threshold (-1: p > 0.27)")
-                    label_language = gr.Dropdown(label_languages, value="follow_asr",
-                                                 label="Label language")
-                with gr.Accordion("Speech gate", open=False):
-                    speech_gate = gr.Checkbox(False, label="Skip non-speech (speech gate)",
-                                              elem_id="speech-gate")
-                    gate_threshold = gr.Slider(0, 1, value=0.5, step=0.05,
-                                               label="Speech probability threshold")
-                submit = gr.Button("Transcribe", variant="primary")
-            with gr.Column(scale=2):
-                info = gr.Markdown()
-                transcript = gr.Textbox(label="Transcript", lines=8, max_lines=20)
-                table = gr.Dataframe(headers=["start", "end", "tags (logit)"],
-                                     label="Tags per chunk", interactive=False, wrap=True,
-                                     elem_id="tag-table",
-                                     column_widths=["15%", "15%", "70%"])
-                files = gr.File(label="Downloads", file_count="multiple", interactive=False)
-        plot = gr.Image(label="Sound-event timeline", type="filepath", interactive=False)
-        submit.click(
-            make_handler(cache, max_duration, output_root),
-            [audio, model_box, task, language, time_res, top_k, threshold, label_language,
-             speech_gate, gate_threshold],
-            [info, transcript, plot, table, files],
-            api_name="transcribe",
-            concurrency_limit=len(choices),  # the models' own locks allow one request each
-        )
+        with gr.Tab("File", id="file"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    audio = gr.Audio(sources=["upload", "microphone"], type="filepath",
+                                     label="Audio")
+                    model_box = gr.Dropdown([(model_label(m), m) for m in choices], value=model,
+                                            label="Model")
+                    task = gr.Radio(["transcribe", "translate"], value="transcribe", label="Task")
+                    language = gr.Dropdown(languages, value="auto", label="Spoken language")
+                    with gr.Accordion("Sound-event tags", open=True):
+                        time_res = gr.Slider(0.4, 30, value=10, step=0.4,
+                                             label="Seconds per tag row (at_time_res)")
+                        top_k = gr.Slider(1, 20, value=5, step=1, label="Top-k tags per row")
+                        threshold = gr.Number(-1, label="Logit threshold (-1: p > 0.27)")
+                        label_language = gr.Dropdown(label_languages, value="follow_asr",
+                                                     label="Label language")
+                    with gr.Accordion("Speech gate", open=False):
+                        speech_gate = gr.Checkbox(False, label="Skip non-speech (speech gate)",
+                                                  elem_id="speech-gate")
+                        gate_threshold = gr.Slider(0, 1, value=0.5, step=0.05,
+                                                   label="Speech probability threshold")
+                    submit = gr.Button("Transcribe", variant="primary")
+                with gr.Column(scale=2):
+                    info = gr.Markdown()
+                    transcript = gr.Textbox(label="Transcript", lines=8, max_lines=20)
+                    table = gr.Dataframe(headers=["start", "end", "tags (logit)"],
+                                         label="Tags per chunk", interactive=False, wrap=True,
+                                         elem_id="tag-table",
+                                         column_widths=["15%", "15%", "70%"])
+                    files = gr.File(label="Downloads", file_count="multiple", interactive=False)
+            plot = gr.Image(label="Sound-event timeline", type="filepath", interactive=False)
+            submit.click(
+                make_handler(cache, max_duration, output_root),
+                [audio, model_box, task, language, time_res, top_k, threshold, label_language,
+                 speech_gate, gate_threshold],
+                [info, transcript, plot, table, files],
+                api_name="transcribe",
+                concurrency_limit=len(choices),  # the models' own locks allow one request each
+            )
+        with gr.Tab("Live", id="live"):
+            build_live_tab(cache, choices, model)
     return demo
 
 
@@ -295,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max_duration", type=float, default=3600, metavar="SECONDS",
         help="longest audio accepted (default: 3600; 0: no limit)")
     add("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add("--backend", choices=BACKENDS, default="openai-whisper",
+        help="ASR engine of every model: openai-whisper, or faster-whisper (CTranslate2; "
+        "models: faster-whisper names or CTranslate2 directories)")
+    add("--compute_type", default="default",
+        help="faster-whisper: CTranslate2 compute type (int8, float16, float32, ...)")
     add("--model_dir", default=None, metavar="DIR",
         help="where official models and heads are downloaded (default: ~/.cache/whisper)")
     return parser
@@ -309,8 +282,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{PROG}: error: needs gradio: pip install 'whisper-at[demo]'", file=sys.stderr)
         return 2
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.backend == "openai-whisper" and args.compute_type != "default":
+        print(f"{PROG}: error: --compute_type needs --backend faster-whisper", file=sys.stderr)
+        return 2
     cache = ModelCache({args.model: args.at_head} if args.at_head else {}, device, args.model_dir,
-                       args.at_head_mirror)
+                       args.at_head_mirror, args.backend, args.compute_type)
     try:
         cache.get(args.model)
     except Exception as e:
