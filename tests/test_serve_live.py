@@ -5,13 +5,14 @@ microphone path: getUserMedia, Web Audio, the page's requests). Needs what tests
 needs (gradio, gradio_client, playwright, a Chromium)."""
 
 import base64
+import os
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import testkit
-from test_serve import _browser, serving
+from test_serve import REPO, _browser, serving
 
 RATE = 16000
 SPEECH = testkit.SENTENCES[0:2]
@@ -92,6 +93,10 @@ def test_live_tab_microphone_captions_and_sounds(fw_server, live_wav, tmp_path):
         page.wait_for_function(
             r"el => /garden|books/i.test(el.value) && /\] \[[^\]]+\]$/m.test("
             r"el.value.split(/garden|books/i).pop())", arg=captions.element_handle())
+        # the docs' picture is refreshed on request; otherwise the shot goes to tmp
+        shot = (REPO / "docs" / "serve-live.png" if os.environ.get("WHISPER_AT_SCREENSHOT")
+                else tmp_path / "serve-live.png")  # fmt: skip
+        page.screenshot(path=str(shot), full_page=True)
         page.get_by_role("button", name="Stop").click()
         page.get_by_text("Stopped: the captions are complete").wait_for()
         text = captions.input_value()
