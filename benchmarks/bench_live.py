@@ -1,0 +1,274 @@
+"""Live captions (whisper_at.live) on a 3-minute recording fed a step at a time.
+
+The recording (espeak-ng speech in two voices, pauses, a plucked-string melody, white and pink
+noise, a 440 Hz tone; made once, cached) is fed a step (1 s; 2 s in one row) at a time, as a
+virtual clock: each step's audio is fed when it has "arrived", whatever the compute took, so
+the run is deterministic in what it commits and runs as fast as the machine can. A word's
+*audio latency* is the stream time at which it is committed (the end of the step whose pass
+commits it) minus its end in the audio (the committed word's own timestamp): the policy's
+latency on a machine that keeps up; *+ its pass* adds that pass's measured compute time (the
+latency on this machine if it kept up: on a machine slower than real time, ``whisper-at live``
+merges steps instead). A sound's onset latency is the same for its event against the true
+onset.
+
+Rows: whisper_at.live (faster-whisper backend, int8) with tiny.en and the speech head the tests
+train (with and without the speech gate) and base (no head here: no tags, no gate); the
+baseline: whisper_streaming's policy over plain faster-whisper, written here (LocalAgreement-2,
+``segment`` buffer trimming at 15 s, 200-character prompt, beam 5, word timestamps, its
+no_speech_prob > 0.9 word filter). Each row runs in its own process (peak RSS).
+Columns: caption latency p50/p95; sound-event onset latency per non-speech block; WER of the
+committed text vs the same model's offline transcript (``transcribe`` of the whole file, same
+options) and vs the reference; words committed inside non-speech (more than 1 s after it
+starts); compute real-time factor; peak RSS; the longest buffer.
+
+    python benchmarks/bench_live.py [--rows "NAME;NAME..."]
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import common
+import numpy as np
+import testkit
+
+RATE = common.SAMPLE_RATE
+ROWS = (
+    "live tiny.en + gate",
+    "live tiny.en + gate (step 2 s)",
+    "live tiny.en",
+    "live base",
+    "baseline tiny.en",
+    "baseline base",
+)
+STEP_SECONDS = {row: 2.0 if "step 2" in row else 1.0 for row in ROWS}
+INSIDE = 1.0  # s into a non-speech block after which a committed word counts as invented
+
+
+# ------------------------------------------------------------------ the recording
+
+
+def recording() -> tuple:
+    """(path, parts): parts are (start, end, kind, text); cached under <cache>/bench-audio."""
+    directory = common.cache_dir() / "bench-audio" / "live"
+    directory.mkdir(parents=True, exist_ok=True)
+    path, parts_file = directory / "live.wav", directory / "live.json"
+    if path.is_file() and parts_file.is_file():
+        return path, [tuple(p) for p in json.loads(parts_file.read_text())]
+    pieces, parts, cursor = [], [], 0.0
+
+    def add(kind, audio, text=""):
+        nonlocal cursor
+        pieces.append(audio.astype(np.float32))
+        parts.append((round(cursor, 3), round(cursor + len(audio) / RATE, 3), kind, text))
+        cursor += len(audio) / RATE
+
+    def speech(sentences, voice, speed):
+        audio = []
+        for i, text in enumerate(sentences):
+            wav = testkit.espeak(text, directory / f"s{i}.wav", voice=voice, speed=speed)
+            audio += [testkit.read_wav(wav), np.zeros(RATE, np.float32)]
+        add("speech", np.concatenate(audio), " ".join(sentences))
+
+    def sound(kind, seconds, *effects):
+        add(kind, testkit.read_wav(testkit.synth(directory / "x.wav", seconds, *effects)))
+
+    s = testkit.SENTENCES
+    speech(s[0:4], "en-us", 140)
+    add("silence", np.zeros(4 * RATE))
+    melody = testkit.pluck_music(directory / "m.wav", common.ARPEGGIO, 0.25, 20)
+    add("music", testkit.read_wav(melody) * 0.5)
+    speech(s[4:8], "en-us", 140)
+    sound("white noise", 15, "whitenoise", "vol", "0.05")
+    speech(s[8:12], "en-gb", 150)
+    sound("tone", 15, "sine", "440", "vol", "0.3")
+    speech(s[0:4], "en-gb", 150)
+    sound("pink noise", 15, "pinknoise", "vol", "0.1")
+    speech(s[4:8], "en-us", 160)
+    add("silence", np.zeros(5 * RATE))
+    add("music", testkit.read_wav(melody)[: 10 * RATE] * 0.5)
+    testkit.write_wav(directory / "live.tmp.wav", np.concatenate(pieces))
+    (directory / "live.tmp.wav").replace(path)
+    parts_file.write_text(json.dumps(parts))
+    return path, parts
+
+
+# ------------------------------------------------------------------ the baseline
+
+
+class Baseline:
+    """whisper_streaming's OnlineASRProcessor over plain faster-whisper, as published:
+    LocalAgreement-2, the buffer trimmed at the second-last segment's end once over 15 s."""
+
+    def __init__(self, model):
+        from whisper_at.live import LocalAgreement
+
+        self.model, self.agreement = model, LocalAgreement()
+        self.audio, self.offset, self.committed, self.buffer_max = (
+            np.zeros(0, np.float32),
+            0.0,
+            [],
+            0,
+        )
+
+    def _words(self):
+        from whisper_at.live import Word
+
+        prompt = "".join(w.text for w in self.committed if w.end <= self.offset)[-200:]
+        segments, _ = self.model.transcribe(self.audio, language="en", initial_prompt=prompt,
+                                            beam_size=5, word_timestamps=True,
+                                            condition_on_previous_text=True)  # fmt: skip
+        segments = list(segments)
+        words = [Word(round(w.start + self.offset, 3), round(w.end + self.offset, 3), w.word)
+                 for s in segments if s.no_speech_prob <= 0.9 for w in s.words]  # fmt: skip
+        return words, [s.end + self.offset for s in segments]
+
+    def feed(self, chunk):
+        self.audio = np.concatenate([self.audio, chunk])
+        self.buffer_max = max(self.buffer_max, len(self.audio))
+        words, ends = self._words()
+        new = self.agreement.update(words)
+        self.committed += new
+        if len(self.audio) > 15 * RATE and len(ends) > 1:
+            cut = ends[-2]
+            if cut <= self.agreement.committed_end:
+                self.audio = self.audio[int((cut - self.offset) * RATE) :]
+                self.offset = cut
+        return new
+
+    def finish(self):
+        words, _ = self._words()
+        new = self.agreement.commit_pending(words)
+        self.committed += new
+        return new
+
+
+# ------------------------------------------------------------------ one row (a child process)
+
+
+def _models(row: str):
+    from whisper_at.faster import WhisperModel
+
+    cache = common.cache_dir()
+    name = "tiny.en" if "tiny" in row else "base"
+    model_dir = str(testkit.fw_dir(cache, name))
+    if row.startswith("baseline"):
+        import faster_whisper
+
+        return faster_whisper.WhisperModel(model_dir, compute_type="int8", cpu_threads=2), None
+    head = (
+        str(testkit.speech_head(cache, common.checkpoint("tiny"))) if name == "tiny.en" else False
+    )
+    return WhisperModel(model_dir, compute_type="int8", cpu_threads=2, at_head=head), head
+
+
+def _percentile(values, q):
+    return float(np.percentile(values, q)) if values else None
+
+
+def run_row(row: str) -> dict:
+    from whisper_at.live import LiveTranscriber, Segment, Sound
+    from whisper_at.research.noise import word_error_rate
+
+    path, parts = recording()
+    audio = testkit.read_wav(path)
+    model, head = _models(row)
+    gate = 0.5 if "gate" in row else None
+    live = Baseline(model) if row.startswith("baseline") else LiveTranscriber(
+        model, STEP_SECONDS[row], language="en", at_speech_gate=gate)  # fmt: skip
+    compute, committed, sounds, passes, buffer_max = 0.0, [], [], [], 0
+    step, baseline = int(STEP_SECONDS[row] * RATE), row.startswith("baseline")
+    for at in range(0, len(audio), step):
+        begun = time.perf_counter()
+        out = live.feed(audio[at : at + step])
+        if at + step >= len(audio):
+            out = out + live.finish()
+        spent = time.perf_counter() - begun
+        compute += spent
+        passes.append(spent)
+        fed = min(at + step, len(audio)) / RATE
+        buffer_max = max(buffer_max, live.buffer_max if baseline else len(live.audio))
+        if baseline:
+            committed += [(fed, spent, w) for w in out]
+            continue
+        for e in out:
+            if isinstance(e, Segment):
+                committed += [(fed, spent, w) for w in e.words]
+            elif isinstance(e, Sound) and e.end is None and e.caption:
+                sounds.append((fed + spent, e))
+    audio_latency = [fed - w.end for fed, _, w in committed]
+    latency = [fed + spent - w.end for fed, spent, w in committed]
+    text = " ".join(w.text.strip() for _, _, w in committed)
+    reference = " ".join(p[3] for p in parts if p[2] == "speech")
+    options = dict(language="en", beam_size=5 if row.startswith("baseline") else 1,
+                   temperature=0.0)  # fmt: skip
+    if gate is not None:
+        options.update(at_speech_gate=gate)
+    offline, _ = model.transcribe(audio, **options)
+    offline = " ".join(s.text.strip() for s in offline)
+    invented = [w.text for _, _, w in committed for a, b, kind, _ in parts
+                if kind != "speech" and a + INSIDE <= (w.start + w.end) / 2 < b]  # fmt: skip
+    onsets = {}
+    for a, b, kind, _ in parts:
+        if kind in ("music", "white noise", "tone", "pink noise") and f"{kind}@{a}" not in onsets:
+            hits = [(t, e) for t, e in sounds if a - 1.0 <= e.start < b]
+            onsets[f"{kind}@{a:.0f}s"] = (
+                None if not hits else [round(hits[0][0] - a, 2), round(hits[0][1].start - a, 2),
+                                       hits[0][1].caption])  # fmt: skip
+    duration = len(audio) / RATE
+    return {
+        "row": row, "duration": duration, "words": len(committed),
+        "audio_latency_p50": _percentile(audio_latency, 50),
+        "audio_latency_p95": _percentile(audio_latency, 95),
+        "latency_p50": _percentile(latency, 50), "latency_p95": _percentile(latency, 95),
+        "pass_p50": _percentile(passes, 50), "pass_p95": _percentile(passes, 95),
+        "wer_vs_offline": word_error_rate([offline], [text]),
+        "wer_vs_reference": word_error_rate([reference], [text]),
+        "offline_wer_vs_reference": word_error_rate([reference], [offline]),
+        "invented": invented, "onsets": onsets, "rtf": compute / duration,
+        "peak_rss_mb": common.peak_rss_mb(), "buffer_max_s": buffer_max / RATE,
+    }  # fmt: skip
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default=";".join(ROWS), help="row names, separated by ;")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_row(args.child)))
+        return
+    recording()
+    results = []
+    for row in args.rows.split(";"):
+        proc = subprocess.run([sys.executable, __file__, "--child", row], capture_output=True,
+                              text=True)  # fmt: skip
+        if proc.returncode != 0:
+            print(f"{row}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
+            continue
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    print(common.machine())
+    print(f"recording: {results[0]['duration']:.1f} s; CPU, 2 threads, int8\n")
+    print(common.table(
+        ["row", "audio latency p50 / p95 (s)", "+ its pass p50 / p95 (s)", "pass p50 / p95 (s)",
+         "WER vs offline", "WER vs reference", "offline WER vs reference",
+         "words in non-speech", "compute RTF", "peak RSS (MiB)", "longest buffer (s)"],
+        [[r["row"], f"{r['audio_latency_p50']:.2f} / {r['audio_latency_p95']:.2f}",
+          f"{r['latency_p50']:.2f} / {r['latency_p95']:.2f}",
+          f"{r['pass_p50']:.2f} / {r['pass_p95']:.2f}", r["wer_vs_offline"],
+          r["wer_vs_reference"], r["offline_wer_vs_reference"], len(r["invented"]), r["rtf"],
+          r["peak_rss_mb"], r["buffer_max_s"]] for r in results]))  # fmt: skip
+    print("\nsound-event onsets: [report latency s, start error s, caption] per non-speech block")
+    for r in results:
+        if any(v is not None for v in r["onsets"].values()):
+            print(f"- {r['row']}: {r['onsets']}")
+    for r in results:
+        if r["invented"]:
+            print(f"- {r['row']} words in non-speech: {' '.join(r['invented'][:30])}")
+
+
+if __name__ == "__main__":
+    main()
