@@ -16,6 +16,7 @@ sending (closed, reloaded, offline).
 
 import base64
 import html
+import inspect
 import secrets
 import threading
 import time
@@ -311,6 +312,9 @@ the microphone, and speak; <b>Stop</b> commits the last words.</p>
 
 
 CSS = """.wat-live textarea { width: 100%; font-family: ui-monospace, monospace; }
+.wat-live textarea, .wat-live select { background: var(--input-background-fill);
+  color: var(--body-text-color); border: 1px solid var(--border-color-primary);
+  border-radius: var(--input-radius); padding: 0.4em; }
 .wat-live .wat-controls { display: flex; gap: 1em; align-items: center; flex-wrap: wrap; }
 .wat-live button { padding: 0.4em 1.2em; } .wat-live label { display: block; margin: 0.4em 0; }
 .wat-live .wat-controls label { display: inline; }"""
@@ -321,6 +325,10 @@ def build_live_tab(cache: ModelCache, choices: List[str], model: str) -> LiveSes
     import gradio as gr
 
     sessions = LiveSessions(cache, choices)
+    if "server_functions" not in inspect.signature(gr.HTML.__init__).parameters:
+        gr.Markdown(f"The Live tab needs a newer Gradio than {gr.__version__} (gr.HTML with "
+                    "server functions): `pip install -U 'gradio>=6,<7'`.")  # fmt: skip
+        return sessions
 
     def live_start(args):  # Gradio marks server functions: plain functions, not methods
         return sessions.live_start(args)
@@ -331,7 +339,8 @@ def build_live_tab(cache: ModelCache, choices: List[str], model: str) -> LiveSes
     def live_stop(args):
         return sessions.live_stop(args)
 
-    gr.HTML(html_template=live_html(choices, model).replace("$", "&#36;"), css_template=CSS,
+    page = live_html(choices, model).replace("$", "&#36;").replace("{", "&#123;")  # templates
+    gr.HTML(html_template=page, css_template=CSS,
             js_on_load=SCRIPT.read_text(encoding="utf-8"),
             server_functions=[live_start, live_push, live_stop], elem_id="live")  # fmt: skip
     return sessions
