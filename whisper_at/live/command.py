@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(parser, args: dict):
+def _load(args: dict):
     if args["backend"] == "openai-whisper":
         return load_tagging_model(args["model"], args)
     try:
@@ -114,6 +114,9 @@ def run(live: LiveTranscriber, captions: LiveCaptions, source) -> Optional[str]:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv).__dict__
+    if args.pop("at_segment_info"):
+        parser.error("--at_segment_info is for transcribing files: live events carry no "
+                     "per-segment evidence")  # fmt: skip
     problem = _check_outputs([args["vtt"], args["srt"], args["events"]])
     if problem:
         error(problem)
@@ -123,7 +126,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SourceError as e:
         error(str(e))
         return 1
-    model = _load(parser, args)
+    model = _load(args)
     if model is None:
         return 2
     sounds = SoundOptions(threshold=args["at_threshold"], top_k=args["at_top_k"],
