@@ -85,9 +85,11 @@ class LiveSession:
         self.resampler = Resampler(rate)
         self.waiting: List[np.ndarray] = []  # 16 kHz audio the worker has not taken yet
         self.stopping = self.ended = self.fetched = False
+        self.failure: Optional[str] = None  # why the recording ended, if not stopped
         self.seq = 0  # the next request's number
         self.heard = 0  # samples received (16 kHz)
         self.dropped = 0.0  # s of audio dropped while the model was busy elsewhere
+        self.unordered = 0  # requests that did not come in order
         self.lines: List[str] = []  # caption lines the page has not fetched yet
         self.words: List[Word] = []  # committed words not yet in a written cue
         self.tentative = ""
@@ -108,8 +110,7 @@ class LiveSession:
             self.used = time.monotonic()
             if self.stopping:
                 return
-            if seq != self.seq:
-                self.notes.append(f"audio request {seq} came after {self.seq - 1}")
+            self.unordered += seq != self.seq  # (the page sends them one after another)
             self.seq = seq + 1
             samples = self.resampler(pcm)
             self.heard += len(samples)
@@ -148,6 +149,8 @@ class LiveSession:
             while not self.ended:
                 taken = self._take()
                 if taken is None:
+                    with self.lock:
+                        self._end(f"no audio for {IDLE:g} s")
                     break
                 audio, last = taken
                 with self.model_lock:
@@ -158,10 +161,10 @@ class LiveSession:
                     self._apply(events)
                     if last:
                         self.captions.close()
-                        self._end([])
+                        self._end()
         except Exception as e:  # shown on the page; the recording ends
             with self.lock:
-                self._end([f"error: {one_line(e)}"])
+                self._end(f"error: {one_line(e)}")
         with self.lock:
             while self.ended and not self.fetched and time.monotonic() - self.used <= IDLE:
                 self.lock.wait(timeout=1.0)
@@ -169,10 +172,10 @@ class LiveSession:
         if self.on_end is not None:
             self.on_end(self)
 
-    def _end(self, notes: List[str]):
+    def _end(self, failure: Optional[str] = None):
         self.words, self.tentative, self.sounds = [], "", {}
         self.ended = self.stopping = True
-        self.notes += notes
+        self.failure = failure
         self.lock.notify_all()
 
     def _apply(self, events: list):
@@ -197,7 +200,9 @@ class LiveSession:
         with self.lock:
             waiting = sum(map(len, self.waiting)) / SAMPLE_RATE
             if self.ended:
-                status = f"Stopped: the captions are complete (model {model_label(self.name)})"
+                status = (f"Ended ({self.failure}): the captions above are all there are"
+                          if self.failure else "Stopped: the captions are complete (model "
+                          f"{model_label(self.name)})")  # fmt: skip
                 self.fetched = True
                 self.lock.notify_all()
             else:
@@ -211,6 +216,8 @@ class LiveSession:
                            "done in one pass")  # fmt: skip
             if self.dropped:
                 status += f"; {self.dropped:.1f} s of audio dropped (the model was busy)"
+            if self.unordered:
+                status += f"; {self.unordered} audio request(s) out of order"
             status += "".join(f"; {note}" for note in self.notes)
             now = " ".join(filter(None, ["".join(w.text for w in self.words).strip(),
                                          self.tentative]))  # fmt: skip
@@ -258,8 +265,11 @@ class LiveSessions:
         note = ""
         if gate and not getattr(model, "has_at_head", False):
             gate, note = False, f"{model_label(name)} has no audio-tagging head: no speech gate"
-        session = LiveSession(model, model_lock, name, int(rate), GATE if gate else None,
-                              not is_multilingual(model), self._ended)  # fmt: skip
+        try:
+            session = LiveSession(model, model_lock, name, int(rate), GATE if gate else None,
+                                  not is_multilingual(model), self._ended)  # fmt: skip
+        except (TypeError, ValueError) as e:
+            return {"error": f"cannot start: {one_line(e)}"}
         if note:
             session.notes.append(note)
         key = secrets.token_urlsafe(16)

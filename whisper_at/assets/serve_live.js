@@ -75,8 +75,13 @@ record.addEventListener("click", async () => {
     return;
   }
   context = new AudioContext();
-  const started = await server.live_start([$(".wat-model").value, $(".wat-gate").checked,
-                                           context.sampleRate]);
+  let started;
+  try {
+    started = await server.live_start([$(".wat-model").value, $(".wat-gate").checked,
+                                       context.sampleRate]);
+  } catch (e) {
+    started = { error: `The server did not answer: ${e}` };
+  }
   if (started.error) { release(); status(started.error); record.disabled = false; return; }
   id = started.id;
   seq = 0;
