@@ -143,6 +143,7 @@ def test_captions_as_they_settle_are_the_whole_streams(mixed_run, tmp_path):
     for fed, settled in live.settles:
         captions.add([e for t, e in timed if t == fed])
         written += captions.settle(*settled)
+    assert any("[" not in c[2] for c in written)  # the sentence, written before the end
     captions.add([e for t, e in timed if t == float("inf")])
     written += captions.close()
     sounds = [{"start": e.start, "end": e.end, "index": e.index, "peak": e.peak}

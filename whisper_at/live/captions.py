@@ -1,7 +1,6 @@
 """SDH captions of a live stream, as they settle: committed words grouped into speech cues,
 sound events, the rules of docs/outputs.md (``whisper_at.outputs.sdh_cues``: onset captions,
-``[... continues]``, sound-only cues). A cue is written once nothing can change it any more:
-no speech can be committed before its end, and the tags up to a second after it are final."""
+``[... continues]``, sound-only cues), each written once nothing can change it any more."""
 
 import json
 import math
@@ -74,25 +73,30 @@ class LiveCaptions:
 
     def settle(self, speech_until: float, tags_until: float) -> List[tuple]:
         """No speech will be committed before ``speech_until`` s, and sound events are known up
-        to ``tags_until`` s: write the cues that end by then. Returns them."""
+        to ``tags_until`` s: write the cues nothing can change any more. Returns them.
+
+        A cue is done when the tags a second past its end are final (a sound starting right
+        after it, or a part of a gap under a second, can still join it), and so is the speech:
+        up to a second past its end, or up to the start of the cue being built."""
         if self.words and speech_until - self.words[-1].end > MIN_EVENT_CUE:
             self._close_cue()  # a pause: the cue is complete
-        until = min(speech_until, tags_until)
-        if self.words:
-            until = min(until, self.words[0].start)
-        far = min(until, tags_until) + OPEN_END  # a sound still going: its cues are not done
+        fence = self.words[0].start if self.words else math.inf
+        speech_until = min(speech_until, fence)
+        far = min(speech_until, tags_until) + OPEN_END  # a sound going on: its cues not done
         events = [dict(s, end=far if s["end"] is None else s["end"]) for s in self.sounds.values()]
         new = []
         for cue in sdh_cues(self.speech, events, self.repeat, self.continues):
             if self.last is not None and cue[:2] <= self.last:
                 continue
-            if cue[1] + MIN_EVENT_CUE > until:  # what starts or ends within 1 s of a cue's
-                break  # end can still join it (touching sounds merge, short parts are joined)
+            end = cue[1] + MIN_EVENT_CUE
+            speech_done = end <= speech_until or (math.isfinite(fence) and cue[1] <= fence)
+            if end > tags_until or not speech_done:
+                break
             new.append(cue)
             self.last = cue[:2]
         self._emit(new)
-        if math.isfinite(until):
-            self._forget(until - HISTORY)
+        if math.isfinite(speech_until) and math.isfinite(tags_until):
+            self._forget(min(speech_until, tags_until) - HISTORY)
         return new
 
     def _forget(self, before: float):
