@@ -225,7 +225,8 @@ def main() -> None:
         rows = []
         for name, r in results.items():
             plain = CONFIGS[name][1]
-            same = "" if plain not in results else str(r["text"] == results[plain]["text"])
+            same = "" if plain not in results or not r["text"] else \
+                str(r["text"] == results[plain]["text"])  # fmt: skip
             diff, top5 = agreement(np.load(r["npy"]), reference) if r["tags"] else ("", "")
             ratio = r["wall"] / results[plain]["wall"] if plain in results else ""
             rows.append([name, r["wall"], duration / r["wall"], ratio, paired.get(name, ""),
