@@ -43,6 +43,9 @@ CONFIGS = {
 REFERENCE = "whisper_at"
 
 
+QUICK = ("openai-whisper", "whisper_at", "faster-whisper", "whisper_at.faster one_pass")
+
+
 def _runner(name: str, threads: int):
     """(warm-up call, timed call) for one configuration; each returns (text, tags or None)."""
     import numpy as np
@@ -185,6 +188,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=list(CONFIGS), help="configurations to run")
     parser.add_argument("--child", nargs=4, metavar=("NAME", "AUDIO", "REPEATS", "OUT"),
                         help=argparse.SUPPRESS)  # fmt: skip
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 5 s of audio, one repeat, openai-whisper and "
+                        "faster-whisper with and without tags")  # fmt: skip
     parser.add_argument("--pairs", nargs="+", help=argparse.SUPPRESS)  # AUDIO REPEATS NAME...
     args = parser.parse_args()
     if args.child:
@@ -194,9 +200,11 @@ def main() -> None:
         return pairs(args.pairs[0], int(args.pairs[1]), args.threads, args.pairs[2:])
     import numpy as np
 
-    audio = common.make_audio()
+    audio = common.make_audio(5 if args.quick else 0)
     duration = common.wav_seconds(audio)
-    names = args.only or list(CONFIGS)
+    names = args.only or list(QUICK if args.quick else CONFIGS)
+    if args.quick:
+        args.repeats = 1
     if REFERENCE not in names:
         names = [REFERENCE, *names]
     results = {}
@@ -229,14 +237,16 @@ def main() -> None:
                 str(r["text"] == results[plain]["text"])  # fmt: skip
             diff, top5 = agreement(np.load(r["npy"]), reference) if r["tags"] else ("", "")
             ratio = r["wall"] / results[plain]["wall"] if plain in results else ""
-            rows.append([name, r["wall"], duration / r["wall"], ratio, paired.get(name, ""),
-                         r["rss"], diff, top5, same])  # fmt: skip
+            rows.append(["tiny", name, r["wall"], duration / r["wall"], ratio,
+                         paired.get(name, ""), r["rss"], diff, top5, same])  # fmt: skip
     print(f"{duration:.1f} s recording, tiny.en, CPU, {args.threads} threads, "
           f"median of {args.repeats}; {common.machine()}")  # fmt: skip
-    print(common.table(["configuration", "wall s", "x real time", "vs without tags",
+    print(common.table(["model", "configuration", "wall s", "x real time", "vs without tags",
                         "paired (one process, alternated)",
                         "peak RSS MiB", "tag diff (median row max)", "top-5 rows equal",
                         "text unchanged"], rows))  # fmt: skip
+    ratios = " ".join(f"{name.replace(' ', '_')} x{ratio:.3f}" for name, ratio in paired.items())
+    print(f"SUMMARY bench_backends: tiny {ratios} (paired wall with tags / without)")
 
 
 if __name__ == "__main__":

@@ -20,3 +20,4 @@ run gate bench_gate.py --repeats 1  # the sweep: 72 files x 6 rows, ~30-50 min
 run faster bench_faster.py
 run transformers bench_transformers.py --threads 1 --repeats 5
 run transformers_beams5 bench_transformers.py --threads 1 --repeats 3 --num_beams 5
+run backends bench_backends.py --repeats 3  # whisperX rows need .venv-whisperx (tests/install.sh)

@@ -10,7 +10,7 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = ["bench_overhead", "bench_fallback", "bench_tagging", "bench_scaling", "bench_gate",
-           "bench_faster", "bench_transformers"]
+           "bench_faster", "bench_transformers", "bench_backends"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
