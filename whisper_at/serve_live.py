@@ -337,7 +337,7 @@ def build_live_tab(cache: ModelCache, choices: List[str], model: str) -> LiveSes
     sessions = LiveSessions(cache, choices)
     if "server_functions" not in inspect.signature(gr.HTML.__init__).parameters:
         gr.Markdown(f"The Live tab needs a newer Gradio than {gr.__version__} (gr.HTML with "
-                    "server functions): `pip install -U 'gradio>=6,<7'`.")  # fmt: skip
+                    "server functions): `pip install -U 'gradio>=6.7,<7'`.")  # fmt: skip
         return sessions
 
     def live_start(args):  # Gradio marks server functions: plain functions, not methods
