@@ -68,7 +68,9 @@ def _machine(tmp_path: Path, hide=(), root=True, sudo=True, apt=True, ensurepip=
         if body is not None:
             (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
             (bin_dir / name).chmod(0o755)
-    return dict(os.environ, PATH=str(bin_dir), PYTHON=str(bin_dir / "python-recorder"))
+    # whisperX's own environment is left out here (test_whisperx_gets_an_environment_of_its_own)
+    return dict(os.environ, PATH=str(bin_dir), PYTHON=str(bin_dir / "python-recorder"),
+                WHISPER_AT_SKIP_WHISPERX="1")
 
 
 def _install(env: dict, tmp_path: Path):
@@ -163,3 +165,25 @@ def test_no_python3_is_installed_first(tmp_path):
     assert check.returncode == 1
     assert ("tests/install.sh: missing system packages: python3 python3-venv"
             in check.stderr.splitlines())
+
+
+def test_whisperx_gets_an_environment_of_its_own(tmp_path):
+    """whisperX pins an older torch: the script makes .venv-whisperx with python3 -m venv and
+    installs whisperX and the checkout there (recorded here: the recorder's Python cannot import
+    whisperX afterwards, which the script then reports)."""
+    env = _machine(tmp_path)
+    del env["WHISPER_AT_SKIP_WHISPERX"]
+    checkout = _checkout(tmp_path)
+    check = subprocess.run([str(checkout / "tests" / "install.sh"), "--check"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert check.returncode == 1
+    assert ("tests/install.sh: missing: whisperX's environment .venv-whisperx"
+            in check.stderr.splitlines())
+    run = subprocess.run([str(checkout / "tests" / "install.sh")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    log = (tmp_path / "log").read_text().splitlines()
+    assert log[-3:] == ["python3 -m venv .venv-whisperx", "pip -m pip install -q whisperx==3.8.6",
+                        "pip -m pip install -q -e ."]
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1] == (
+        "tests/install.sh: whisperX does not import in .venv-whisperx")
