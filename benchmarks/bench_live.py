@@ -13,6 +13,7 @@ onset.
 
 Rows: whisper_at.live (faster-whisper backend, int8) with tiny.en and the speech head the tests
 train (with and without the speech gate) and base (no head here: no tags, no gate); the
+row "agreement only": LocalAgreement without the pause commit (``commit_pause=None``); the
 baseline: whisper_streaming's policy over plain faster-whisper, written here (LocalAgreement-2,
 ``segment`` buffer trimming at 15 s, 200-character prompt, beam 5, word timestamps, its
 no_speech_prob > 0.9 word filter). Each row runs in its own process (peak RSS).
@@ -37,6 +38,7 @@ import testkit
 RATE = common.SAMPLE_RATE
 ROWS = (
     "live tiny.en + gate",
+    "live tiny.en + gate, agreement only",
     "live tiny.en + gate (step 2 s)",
     "live tiny.en",
     "live base",
@@ -177,7 +179,8 @@ def run_row(row: str) -> dict:
     model, head = _models(row)
     gate = 0.5 if "gate" in row else None
     live = Baseline(model) if row.startswith("baseline") else LiveTranscriber(
-        model, STEP_SECONDS[row], language="en", at_speech_gate=gate)  # fmt: skip
+        model, STEP_SECONDS[row], language="en", at_speech_gate=gate,
+        commit_pause=None if "agreement only" in row else 0.8)  # fmt: skip
     compute, committed, sounds, passes, buffer_max = 0.0, [], [], [], 0
     step, baseline = int(STEP_SECONDS[row] * RATE), row.startswith("baseline")
     for at in range(0, len(audio), step):
@@ -227,6 +230,8 @@ def run_row(row: str) -> dict:
         "wer_vs_offline": word_error_rate([offline], [text]),
         "wer_vs_reference": word_error_rate([reference], [text]),
         "offline_wer_vs_reference": word_error_rate([reference], [offline]),
+        "slowest": sorted((round(fed - w.end, 2), w.text.strip(), w.end) for fed, _, w in
+                          committed)[-12:],
         "invented": invented, "onsets": onsets, "rtf": compute / duration,
         "peak_rss_mb": common.peak_rss_mb(), "buffer_max_s": buffer_max / RATE,
     }  # fmt: skip
@@ -261,6 +266,9 @@ def main():
           f"{r['pass_p50']:.2f} / {r['pass_p95']:.2f}", r["wer_vs_offline"],
           r["wer_vs_reference"], r["offline_wer_vs_reference"], len(r["invented"]), r["rtf"],
           r["peak_rss_mb"], r["buffer_max_s"]] for r in results]))  # fmt: skip
+    print("\nslowest commits: [audio latency s, word, word end s]")
+    for r in results:
+        print(f"- {r['row']}: {r['slowest']}")
     print("\nsound-event onsets: [report latency s, start error s, caption] per non-speech block")
     for r in results:
         if any(v is not None for v in r["onsets"].values()):

@@ -11,7 +11,17 @@ import numpy as np
 import pytest
 import testkit
 
-from whisper_at.live import Lag, LiveTranscriber, Segment, Skipped, Sound, Tentative, event_dict
+from whisper_at.live import (
+    Lag,
+    LiveTranscriber,
+    LocalAgreement,
+    Segment,
+    Skipped,
+    Sound,
+    Tentative,
+    Word,
+    event_dict,
+)
 from whisper_at.research.noise import word_error_rate
 
 RATE = 16000
@@ -119,6 +129,9 @@ def test_gate_commits_no_words_in_tone_noise_and_silence(mixed_audio, mixed_run)
     words = [w for _, e in timed if isinstance(e, Segment) for w in e.words]
     assert word_error_rate([testkit.SENTENCES[3]], [_committed(timed)]) <= 0.25
     assert words and all(w.end <= onset + 0.5 for w in words), words  # none in the non-speech
+    # the sentence ends into the tone: committed once the head hears no speech after it
+    last = max(t for t, e in timed if isinstance(e, Segment))
+    assert last - words[-1].end <= 3.0, (last, words[-1])
     skipped = [e for _, e in timed if isinstance(e, Skipped)]
     assert skipped and skipped[0].start <= tone_end and skipped[-1].end >= len(audio) / RATE - 1
     assert len(live.audio) <= 3 * RATE  # the non-speech left the buffer
@@ -185,6 +198,15 @@ def test_openai_backend(tiny_speech, speech_audio):
     assert live.passes == 3  # at 2, 4 and 6 s: nothing is left for finish()
 
 
+def test_agreement_fold():
+    """Passes agree on a word whatever its case and end punctuation (only when folding)."""
+    first = [Word(0.0, 0.4, " the"), Word(0.4, 0.9, " garden")]
+    second = [Word(0.0, 0.4, " The"), Word(0.4, 1.0, " garden.")]
+    exact, folded = LocalAgreement(), LocalAgreement(fold=True)
+    assert exact.update(first) == [] and folded.update(first) == []
+    assert exact.update(second) == [] and folded.update(second) == second
+
+
 def test_bad_input(fw_speech):
     live = LiveTranscriber(fw_speech)
     with pytest.raises(ValueError, match="mono"):
@@ -198,6 +220,8 @@ def test_bad_input(fw_speech):
         LiveTranscriber(fw_speech, step=0)
     with pytest.raises(ValueError, match="at_speech_gate"):
         LiveTranscriber(fw_speech, at_speech_gate=2)
+    with pytest.raises(ValueError, match="commit_pause"):
+        LiveTranscriber(fw_speech, commit_pause=0)
 
 
 # ---------------------------------------------------------------- the command

@@ -2,6 +2,7 @@
 System", 2023; whisper_streaming's ``HypothesisBuffer``): the words of a pass that the previous
 pass agrees on, from the start of both (their longest common word prefix), are committed."""
 
+import string
 from typing import List, Sequence
 
 from .events import Word
@@ -9,17 +10,26 @@ from .events import Word
 OVERLAP_WINDOW = 1.0  # s: a pass starting this close to the committed end may repeat its words
 MAX_NGRAM = 5  # longest repeat of committed words looked for at a pass's start
 EARLY = 0.1  # s: words starting this much before the committed end are still new
+EDGES = string.punctuation + "。？！，、…«»“”‘’¿¡"  # what ``fold`` ignores at a word's ends
 
 
 def _same(a: Word, b: Word) -> bool:
     return a.text.strip() == b.text.strip()
 
 
+def _folded(a: Word, b: Word) -> bool:
+    return a.text.strip().strip(EDGES).lower() == b.text.strip().strip(EDGES).lower()
+
+
 class LocalAgreement:
     """Feed each pass's words (stream times) to :meth:`update`; it returns the words committed.
-    Only the last ``MAX_NGRAM`` committed words are kept: memory does not grow with the stream."""
+    Only the last ``MAX_NGRAM`` committed words are kept: memory does not grow with the stream.
+    ``fold=True``: words agree whatever their case and punctuation at their ends ("garden" and
+    "Garden."; the later pass's is committed): a sentence's last word, heard first without its
+    full stop, need not wait a pass more."""
 
-    def __init__(self):
+    def __init__(self, fold: bool = False):
+        self.same = _folded if fold else _same
         self.recent: List[Word] = []  # the last committed words
         self.pending: List[Word] = []  # the previous pass's words after the committed ones
         self.committed_end = 0.0
@@ -30,14 +40,14 @@ class LocalAgreement:
         new = [w for w in words if w.start > self.committed_end - EARLY]
         if new and self.recent and abs(new[0].start - self.committed_end) < OVERLAP_WINDOW:
             for n in range(min(len(self.recent), len(new), MAX_NGRAM), 0, -1):
-                if all(_same(a, b) for a, b in zip(self.recent[-n:], new[:n])):
+                if all(self.same(a, b) for a, b in zip(self.recent[-n:], new[:n])):
                     return new[n:]
         return new
 
     def update(self, words: Sequence[Word]) -> List[Word]:
         new = self.new_words(words)
         agreed = 0
-        while agreed < min(len(new), len(self.pending)) and _same(
+        while agreed < min(len(new), len(self.pending)) and self.same(
             new[agreed], self.pending[agreed]
         ):
             agreed += 1

@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, List, Optional, Tuple
 import numpy as np
 from whisper.audio import SAMPLE_RATE
 
-from ..gate import DEFAULT_MARGIN, gate_options
+from ..gate import DEFAULT_MARGIN, gate_options, speech_probability
 from ..tagging import check_at_time_res
 from .agreement import EARLY, LocalAgreement
 from .backends import RESOLUTION_WARNING, PassOptions, has_head, run_pass
@@ -30,6 +30,7 @@ MAX_PASS = 28.0  # s: a pass stays inside one 30 s window
 SOUND_LOOKAHEAD = 1  # rows of audio after a row before its tags are final
 IDLE_KEEP = 2.0  # s kept at the end when a pass heard nothing new
 LEAK = 1.6  # s after speech that the head may still call speech (docs/gate.md)
+PAUSE_THRESHOLD = 0.5  # speech probability of a row below which it is a pause (without a gate)
 
 
 def samples_of(chunk) -> np.ndarray:
@@ -60,12 +61,15 @@ class LiveTranscriber:
                  at_speech_gate: Optional[float] = None, at_gate_margin: float = DEFAULT_MARGIN,
                  at_time_res: float = 0.8, trim_after: float = 15.0, max_buffer: float = 25.0,
                  prompt_chars: int = 200, beam_size: int = 1, task: str = "transcribe",
-                 sounds: SoundOptions = SoundOptions()):  # fmt: skip
+                 sounds: SoundOptions = SoundOptions(),
+                 commit_pause: Optional[float] = 0.8):  # fmt: skip
         if not 0.1 <= step <= 10:
             raise ValueError(f"step must be 0.1 .. 10 seconds, got {step!r}")
         if not step < trim_after < max_buffer <= MAX_PASS:
             raise ValueError(f"expected step < trim_after < max_buffer <= {MAX_PASS} s, got "
                              f"{step!r}, {trim_after!r}, {max_buffer!r}")  # fmt: skip
+        if commit_pause is not None and not commit_pause > 0:
+            raise ValueError(f"commit_pause must be None or > 0 seconds, got {commit_pause!r}")
         self.model = model
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", RESOLUTION_WARNING, UserWarning)
@@ -77,11 +81,13 @@ class LiveTranscriber:
         self.trim_after = round(trim_after * SAMPLE_RATE)
         self.max_buffer = round(max_buffer * SAMPLE_RATE)
         self.prompt_chars = prompt_chars
+        pause = commit_pause if has_head(model) else None  # rows of no speech that commit:
+        self.pause = None if pause is None else -(-round(pause * SAMPLE_RATE) // self.res)
         self.audio = np.zeros(0, np.float32)  # the buffer, then audio not yet passed over
         self.start = 0  # stream sample of audio[0] (a multiple of self.res)
         self.received = 0
         self.done = 0  # stream sample up to which the last pass went
-        self.agreement = LocalAgreement()
+        self.agreement = LocalAgreement(fold=True)
         self.in_buffer: List[Word] = []  # committed words that end inside the buffer
         self.prompt: deque = deque()  # committed words before it, since the last prompt reset
         self.sounds = SoundTracker(res, sounds) if has_head(model) else None
@@ -172,6 +178,7 @@ class LiveTranscriber:
             committed = self.agreement.commit_pending(words)
         else:
             committed = self.agreement.update(words)
+            committed += self._pause_commit(result.audio_tag, end)
         events += self._commit(committed)
         if not final and self.agreement.pending != list(self.tentative):
             self.tentative = tuple(self.agreement.pending)
@@ -182,6 +189,27 @@ class LiveTranscriber:
         if not final and end - self.start > self.trim_after:
             self._trim(self._sentence_end())
         return events
+
+    def _pause_commit(self, audio_tag, end: int) -> List[Word]:
+        """The tentative words, if the head hears no speech in ``self.pause`` rows in a row
+        after the last of them, in rows the pass heard whole: a sentence that ends into a pause
+        is final, without waiting for a second pass to agree."""
+        pending = self.agreement.pending
+        if self.pause is None or audio_tag is None or not pending:
+            return []
+        first = max(0, -(-(round(pending[-1].end * SAMPLE_RATE) - self.start) // self.res))
+        whole = (end - self.start) // self.res
+        if whole - first < self.pause:
+            return []
+        gate = self.options.at_speech_gate
+        threshold = PAUSE_THRESHOLD if gate is None else gate
+        quiet = speech_probability(audio_tag[first:whole]).numpy() < threshold  # NaN: not quiet
+        run = 0
+        for q in quiet:
+            run = run + 1 if q else 0
+            if run >= self.pause:
+                return self.agreement.commit_pending()
+        return []
 
     def _commit(self, words: List[Word]) -> list:
         if not words:
