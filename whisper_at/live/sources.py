@@ -54,14 +54,18 @@ class Source:
         self.queue: "queue.Queue" = queue.Queue(maxsize=0 if live else 64)
         self.error: Optional[str] = None
         self.closed = threading.Event()
-        self.begun, self.received = time.monotonic(), 0
+        self.begun: Optional[float] = None  # when the first samples arrived
+        self.received = 0
+        self.ahead = False  # it once delivered more than real time allows: a file, not live
 
     def paced(self) -> bool:
         """Whether the audio arrives at real-time pace (so that audio waiting means the
-        consumer is behind): a live source that has not delivered more than the time elapsed
-        (a file piped into stdin arrives faster: it is not live)."""
-        elapsed = time.monotonic() - self.begun
-        return self.live and self.received / SAMPLE_RATE <= elapsed + PACE_SLACK
+        consumer is behind): a live source that has been delivering for PACE_SLACK seconds and
+        never more than the time elapsed since its first samples plus PACE_SLACK (a file piped
+        into stdin arrives in a burst: it is not live)."""
+        if not self.live or self.begun is None or self.ahead:
+            return False
+        return time.monotonic() - self.begun >= PACE_SLACK
 
     def put(self, chunk) -> bool:
         """Queue a chunk; False once the source is closed."""
@@ -69,7 +73,10 @@ class Source:
             try:
                 self.queue.put(chunk, timeout=0.1)
                 if chunk is not END:
+                    now = time.monotonic()
+                    self.begun = now if self.begun is None else self.begun
                     self.received += len(chunk)
+                    self.ahead |= self.received / SAMPLE_RATE > now - self.begun + PACE_SLACK
                 return True
             except queue.Full:
                 continue
