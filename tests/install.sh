@@ -163,7 +163,14 @@ sys.exit(os.path.dirname(os.path.realpath(whisper_at.__file__)) != os.path.realp
 EOF
 }
 whisperx=ok
-if [ -z "${WHISPER_AT_SKIP_WHISPERX:-}" ] && ! whisperx_ready; then whisperx=missing; fi
+if [ -z "${WHISPER_AT_SKIP_WHISPERX:-}" ] && ! whisperx_ready; then
+    whisperx=missing
+    if ! [ -x "$WX_VENV/bin/python" ] && command -v python3 >/dev/null &&
+            ! python3 -c "import ensurepip, venv" 2>/dev/null &&
+            [[ " ${packages[*]} " != *" python3-venv "* ]]; then
+        packages+=(python3-venv)  # python3 -m venv makes whisperX's environment too
+    fi
+fi
 torch=ok
 python=ok
 if [ "$venv" = ok ]; then
