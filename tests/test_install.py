@@ -116,14 +116,27 @@ def test_pip_runs_when_a_requirement_is_missing(tmp_path):
     assert pyproject.count('"numpy",\n') == 1
     checkout = _checkout(tmp_path, pyproject.replace(
         '"numpy",\n', '"numpy",\n    "no-such-package-for-whisper-at>=1",\n'))
-    check = subprocess.run([str(checkout / "tests" / "install.sh"), "--check"], env=env,
-                           capture_output=True, text=True, timeout=300)
+    check = _script(checkout, env, "--check")
     assert check.returncode == 1
     assert "    no-such-package-for-whisper-at>=1" in check.stderr.splitlines()
-    run = subprocess.run([str(checkout / "tests" / "install.sh")], env=env, capture_output=True,
-                         text=True, timeout=300)
+    run = _script(checkout, env)
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "log").read_text().splitlines() == ["pip -m pip install -e .[test]"]
+
+
+def _script(checkout: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    """Run the checkout's tests/install.sh with ``args`` on the machine ``env``."""
+    return subprocess.run([str(checkout / "tests" / "install.sh"), *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _reported_missing(tmp_path: Path, env: dict, says: str) -> Path:
+    """A fresh checkout whose ``install.sh --check`` on ``env`` fails saying ``says``."""
+    checkout = _checkout(tmp_path)
+    check = _script(checkout, env, "--check")
+    assert check.returncode == 1
+    assert f"tests/install.sh: {says}" in check.stderr.splitlines(), check.stderr
+    return checkout
 
 
 def _checkout(tmp_path: Path, pyproject: str = None) -> Path:
@@ -143,8 +156,7 @@ def test_the_virtual_environment_is_made_when_missing(tmp_path, ensurepip, apt):
     env = _machine(tmp_path, ensurepip=ensurepip)
     del env["PYTHON"]
     checkout = _checkout(tmp_path)
-    check = subprocess.run([str(checkout / "tests" / "install.sh"), "--check"], env=env,
-                           capture_output=True, text=True, timeout=300)
+    check = _script(checkout, env, "--check")
     assert check.returncode == 1
     assert "tests/install.sh: missing: the virtual environment .venv" in check.stderr.splitlines()
     run = subprocess.run([str(checkout / "tests" / "install.sh")], env=env, cwd=tmp_path,
@@ -159,12 +171,7 @@ def test_the_virtual_environment_is_made_when_missing(tmp_path, ensurepip, apt):
 def test_no_python3_is_installed_first(tmp_path):
     env = _machine(tmp_path, hide={"python3"})
     del env["PYTHON"]
-    checkout = _checkout(tmp_path)
-    check = subprocess.run([str(checkout / "tests" / "install.sh"), "--check"], env=env,
-                           capture_output=True, text=True, timeout=300)
-    assert check.returncode == 1
-    assert ("tests/install.sh: missing system packages: python3 python3-venv"
-            in check.stderr.splitlines())
+    _reported_missing(tmp_path, env, "missing system packages: python3 python3-venv")
 
 
 def test_whisperx_gets_an_environment_of_its_own(tmp_path):
@@ -173,14 +180,8 @@ def test_whisperx_gets_an_environment_of_its_own(tmp_path):
     whisperX afterwards, which the script then reports)."""
     env = _machine(tmp_path)
     del env["WHISPER_AT_SKIP_WHISPERX"]
-    checkout = _checkout(tmp_path)
-    check = subprocess.run([str(checkout / "tests" / "install.sh"), "--check"], env=env,
-                           capture_output=True, text=True, timeout=300)
-    assert check.returncode == 1
-    assert ("tests/install.sh: missing: whisperX's environment .venv-whisperx"
-            in check.stderr.splitlines())
-    run = subprocess.run([str(checkout / "tests" / "install.sh")], env=env, capture_output=True,
-                         text=True, timeout=300)
+    checkout = _reported_missing(tmp_path, env, "missing: whisperX's environment .venv-whisperx")
+    run = _script(checkout, env)
     log = (tmp_path / "log").read_text().splitlines()
     assert log[-3:] == ["python3 -m venv .venv-whisperx", "pip -m pip install -q whisperx==3.8.6",
                         "pip -m pip install -q -e ."]

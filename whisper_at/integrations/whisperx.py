@@ -186,23 +186,16 @@ def _pipeline_class():
 _TAGGING_CLASSES = {}
 
 
-def enable_tagging(
-    pipeline,
-    model_path: str,
-    at_head=None,
-    at_low_compute: bool = False,
-    at_encoder: str = "exact",
-    at_compute_type: str = "auto",
-    at_download_root: Optional[str] = None,
-    at_head_mirror: Optional[str] = None,
-):
+def enable_tagging(pipeline, model_path: str, at_encoder: str = "exact", **options):
     """Tag sound events in a whisperX pipeline (``whisperx.load_model(...)``), in place;
     returns it. ``model_path``: the CTranslate2 directory or faster-whisper model name it was
     loaded from (the tagging encoder reads that model's encoder weights). ``at_encoder``:
     ``"exact"`` (default: whisperX's own encoder for the transcript, unchanged; the tagging
     encoder runs beside it) or ``"one_pass"`` (the tagging encoder's output feeds whisperX's
     decoder: one encoder pass per window; text may differ where CTranslate2's int8/fp16 encoder
-    rounds differently). The other arguments are :class:`whisper_at.faster.WhisperModel`'s."""
+    rounds differently). ``options``: those of :func:`whisper_at.faster.enable_tagging`
+    (``at_head``, ``at_low_compute``, ``at_compute_type``, ``at_download_root``,
+    ``at_head_mirror``)."""
     cls = _pipeline_class()
     if not isinstance(pipeline, cls):
         raise TypeError(
@@ -215,9 +208,7 @@ def enable_tagging(
     if isinstance(model, TaggingMixin):
         raise ValueError("this pipeline's model already tags sound events (enable_tagging was "
                          "called on pipeline.model): pass a fresh pipeline")  # fmt: skip
-    enable_model_tagging(model, model_path, at_head=at_head, at_low_compute=at_low_compute,
-                         at_encoder=at_encoder, at_compute_type=at_compute_type,
-                         at_download_root=at_download_root, at_head_mirror=at_head_mirror)
+    enable_model_tagging(model, model_path, at_encoder=at_encoder, **options)
     kind = type(pipeline)
     if kind not in _TAGGING_CLASSES:
         _TAGGING_CLASSES[kind] = _tagging_class(kind)
