@@ -186,7 +186,7 @@ def _pipeline_class():
 _TAGGING_CLASSES = {}
 
 
-def enable_tagging(pipeline, model_path: str, at_encoder: str = "exact", **options):
+def enable_tagging(pipeline, model_path: str, *, at_encoder: str = "exact", **options):
     """Tag sound events in a whisperX pipeline (``whisperx.load_model(...)``), in place;
     returns it. ``model_path``: the CTranslate2 directory or faster-whisper model name it was
     loaded from (the tagging encoder reads that model's encoder weights). ``at_encoder``:
