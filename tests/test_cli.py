@@ -320,30 +320,32 @@ def _top1(a: torch.Tensor, b: torch.Tensor) -> str:
     return f"{sum(same)}/{len(same)}"
 
 
-def test_tag_ten_second_windows(tmp_path, tiny_at, tiny_en_pt, tiny_head_file, speech_wav):
+def _tagged_rows(tmp_path, tiny_en_pt, tiny_head_file, audio, *options) -> torch.Tensor:
+    """The rows ``whisper-at tag AUDIO ... OPTIONS`` writes (every class, to JSON's 6 decimals)."""
     out = tmp_path / "tags.jsonl"
-    argv = ["tag", str(speech_wav), "--model", str(tiny_en_pt), "--at_head", str(tiny_head_file),
-            "--output", str(out), "--at_window", "10", "--at_top_k", "527",
-            "--at_threshold=-inf", "--verbose", "False"]
+    argv = ["tag", str(audio), "--model", str(tiny_en_pt), "--at_head", str(tiny_head_file),
+            "--output", str(out), "--at_top_k", "527", "--at_threshold=-inf", "--verbose",
+            "False", *options]  # fmt: skip
     assert cli.main(argv) == 0
     (line,) = _lines(out)
+    return _rows(line)
+
+
+def test_tag_ten_second_windows(tmp_path, tiny_at, tiny_en_pt, tiny_head_file, speech_wav):
+    rows = _tagged_rows(tmp_path, tiny_en_pt, tiny_head_file, speech_wav, "--at_window", "10")
     expected = tiny_at.tag(str(speech_wav), window_seconds=10)["audio_tag"]
-    torch.testing.assert_close(_rows(line), expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(rows, expected, atol=1e-4, rtol=0)
 
 
 def test_tag_compute_type(tmp_path, tiny_at, tiny_en_pt, tiny_head_file, speech_wav):
     """--at_compute_type bfloat16: the rows of model.tag(..., at_compute_type="bfloat16"),
     not float32's (the default here: this CPU has no native bfloat16)."""
-    out = tmp_path / "tags.jsonl"
-    argv = ["tag", str(speech_wav), "--model", str(tiny_en_pt), "--at_head", str(tiny_head_file),
-            "--output", str(out), "--at_top_k", "527", "--at_threshold=-inf", "--verbose",
-            "False", "--at_compute_type", "bfloat16"]
-    assert cli.main(argv) == 0
-    (line,) = _lines(out)
+    rows = _tagged_rows(tmp_path, tiny_en_pt, tiny_head_file, speech_wav, "--at_compute_type",
+                        "bfloat16")  # fmt: skip
     bf16 = tiny_at.tag(str(speech_wav), at_compute_type="bfloat16")["audio_tag"]
     f32 = tiny_at.tag(str(speech_wav), at_compute_type="float32")["audio_tag"]
-    torch.testing.assert_close(_rows(line), bf16, atol=1e-5, rtol=0)  # JSON: 6 decimals
-    assert (_rows(line) - f32).abs().max() > 1e-3
+    torch.testing.assert_close(rows, bf16, atol=1e-5, rtol=0)  # JSON: 6 decimals
+    assert (rows - f32).abs().max() > 1e-3
 
 
 def test_tag_directories_failures_and_resume(tmp_path, capsys, tiny_en_pt, tiny_head_file,
