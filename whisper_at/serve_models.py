@@ -7,7 +7,8 @@ import os
 import threading
 from typing import Dict, Optional, Tuple
 
-BACKENDS = ("openai-whisper", "faster-whisper")
+from .live.backends import is_faster
+from .options import BACKENDS
 
 
 class ModelCache:
@@ -59,11 +60,6 @@ def model_label(name: str) -> str:
 
 def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def is_faster(model) -> bool:
-    """Whether ``model`` is a faster-whisper one (``whisper_at.faster.WhisperModel``)."""
-    return hasattr(model, "at_encoder") and callable(getattr(model, "generate_segments", None))
 
 
 def is_multilingual(model) -> bool:
