@@ -151,9 +151,7 @@ def transcribe(
         )
     at_time_res = check_at_time_res(at_time_res)
     head = model.at_model if model.has_at_head else None
-    gate_options = gate.gate_options(head, at_speech_gate, at_gate_margin)
-    if at_segment_info:
-        gate.check_head(head, "at_segment_info")
+    gate_options = gate.gate_options(head, at_speech_gate, at_gate_margin, at_segment_info)
     audio = as_audio(audio)
     locator = _WindowLocator()
     taggers, tagged = [], set()  # the tagger, the seeks of the windows it has

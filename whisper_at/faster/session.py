@@ -258,9 +258,7 @@ def _segments(model, session: Session, segments) -> Iterator:
 def checked_options(model, at_time_res, fill_gaps, speech_gate, segment_info, gate_margin):
     """(at_time_res, gate options or None) of a tagged transcription, its arguments checked."""
     at_time_res = check_at_time_res(at_time_res)
-    gate_options = gate.gate_options(model.at_model, speech_gate, gate_margin)
-    if segment_info:
-        gate.check_head(model.at_model, "at_segment_info")
+    gate_options = gate.gate_options(model.at_model, speech_gate, gate_margin, segment_info)
     if not isinstance(fill_gaps, bool):
         raise TypeError(f"at_fill_gaps must be True or False, got {fill_gaps!r}")
     return at_time_res, gate_options

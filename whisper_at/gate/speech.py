@@ -79,12 +79,16 @@ class GateOptions:
         return cls(check_threshold(threshold), check_margin(margin))
 
 
-def gate_options(head, threshold, margin=DEFAULT_MARGIN) -> Optional[GateOptions]:
+def gate_options(head, threshold, margin=DEFAULT_MARGIN,
+                 segment_info: bool = False) -> Optional[GateOptions]:  # fmt: skip
     """The checked options of ``at_speech_gate=threshold`` (None: no gate), ``at_gate_margin``
-    and the model's ``head``, which the gate needs."""
+    and the model's ``head``, which the gate needs, as does ``at_segment_info=True``."""
+    options = None
     if threshold is None:
         check_margin(margin)
-        return None
-    options = GateOptions.checked(threshold, margin)
-    check_head(head)
+    else:
+        options = GateOptions.checked(threshold, margin)
+        check_head(head)
+    if segment_info:
+        check_head(head, "at_segment_info")
     return options
