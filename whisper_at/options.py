@@ -179,8 +179,8 @@ def add_compute_type_option(group, prefix: str = ""):
         "that compute it natively, else float32; float16: CUDA only)")  # fmt: skip
 
 
-def check_compute_type(parser: argparse.ArgumentParser, device: Optional[str],
-                       compute_type: str):  # fmt: skip
+def check_device_compute_type(parser: argparse.ArgumentParser, device: Optional[str],
+                              compute_type: str):  # fmt: skip
     """Refuse ``--at_compute_type float16`` on a CPU ``--device`` before any model is loaded
     (a ``--device`` torch cannot parse is left to the model loader to report)."""
     import torch
@@ -232,6 +232,10 @@ def tag_options(args: dict) -> TagOptions:
 
 def error(message: str):
     print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+
+
+def warning(message: str):
+    print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
 
 
 def describe_failure(path: str, exc: BaseException) -> str:

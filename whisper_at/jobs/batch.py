@@ -28,7 +28,7 @@ from ..options import (
     add_tagging_options,
     backend_options,
     batch_size_arg,
-    check_compute_type,
+    check_device_compute_type,
     describe_failure,
     error,
     non_negative_int,
@@ -256,7 +256,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     model["at_head_mirror"] = head_mirror(model["at_head_mirror"]) or ""
     engine, extensions = args.pop("engine"), args.pop("extensions").split(",")
     if engine == "local" and (task == "tag" or backend["backend"] == "faster-whisper"):
-        check_compute_type(parser, model["device"], at_compute_type)  # Ray: each actor's device
+        # (Ray: each actor checks its own device)
+        check_device_compute_type(parser, model["device"], at_compute_type)
     if engine == "ray":
         from .ray_engine import require_ray
 

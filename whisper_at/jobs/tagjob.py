@@ -22,7 +22,7 @@ from ..options import (
     add_compute_type_option,
     add_tagging_options,
     batch_size_arg,
-    check_compute_type,
+    check_device_compute_type,
     error,
     report,
     tag_options,
@@ -140,7 +140,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv).__dict__
     time_res = args.pop("at_time_res")
     options = tag_options(args)
-    check_compute_type(parser, args["device"], args["at_compute_type"])
+    check_device_compute_type(parser, args["device"], args["at_compute_type"])
     paths = find_audio(args["inputs"], args["extensions"].split(","))
     if args["resume"]:
         done = done_paths(args["output"])
