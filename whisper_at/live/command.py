@@ -18,6 +18,7 @@ from ..options import (
     add_tagging_options,
     error,
     positive_int,
+    warning,
 )
 from .captions import LiveCaptions
 from .events import Lag
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--language", default=None, help="spoken language (default: detected once)")
     add("--step", type=float, default=1.0, help="seconds of audio between two passes")
     add("--beam_size", type=positive_int, default=1)
+    add("--commit_pause", type=float, default=0.6,
+        help="commit the tentative words after this many seconds of pause (0: only when two "
+        "passes agree)")  # fmt: skip
     add("--realtime", action="store_true", help="pace a file at real time (as if live)")
     add("--input_device", default=None, help="microphone: sounddevice's device name or number")
     add("--vtt", default=None, metavar="PATH", help="write the SDH captions here (WebVTT)")
@@ -95,9 +99,9 @@ def run(live: LiveTranscriber, captions: LiveCaptions, source) -> Optional[str]:
             for event in events:
                 if isinstance(event, Lag) and event.time - said >= LAG_EVERY:
                     said = event.time
-                    error(f"falling behind real time at {event.time:.1f} s: {event.behind:.1f} s "
-                          f"of audio waited, done as one pass (a smaller model or a larger "
-                          f"--step keeps up)")  # fmt: skip
+                    warning(f"falling behind real time at {event.time:.1f} s: "
+                            f"{event.behind:.1f} s of audio waited, done as one pass (a smaller "
+                            f"model or a larger --step keeps up)")  # fmt: skip
             captions.add(events)
             captions.settle(*live.settled)
     except KeyboardInterrupt:
@@ -131,12 +135,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     sounds = SoundOptions(threshold=args["at_threshold"], top_k=args["at_top_k"],
                           speech_events=args["at_speech_events"])  # fmt: skip
+    pause = args["commit_pause"] or None  # 0: off
     try:
         live = LiveTranscriber(model, args["step"], language=args["language"],
                                at_speech_gate=args["at_speech_gate"],
                                at_gate_margin=args["at_gate_margin"],
                                at_time_res=args["at_time_res"], beam_size=args["beam_size"],
-                               sounds=sounds)  # fmt: skip
+                               sounds=sounds, commit_pause=pause)  # fmt: skip
     except (TypeError, ValueError) as e:
         parser.error(str(e))
     try:

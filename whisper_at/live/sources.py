@@ -47,11 +47,12 @@ def looks_like_float(head: bytes) -> bool:
 
 
 class Source:
-    """Chunks of int16 samples from a reader thread; ``live``: arrives at real-time pace."""
+    """Chunks of int16 samples from a reader thread; ``live``: may arrive at real-time pace;
+    ``steady``: does, by construction (a microphone; a source we pace, ``--realtime``)."""
 
-    def __init__(self, name: str, live: bool):
-        self.name, self.live = name, live
-        self.queue: "queue.Queue" = queue.Queue(maxsize=0 if live else 64)
+    def __init__(self, name: str, live: bool, steady: bool = False):
+        self.name, self.live, self.steady = name, live or steady, steady
+        self.queue: "queue.Queue" = queue.Queue(maxsize=0 if self.live else 64)
         self.error: Optional[str] = None
         self.closed = threading.Event()
         self.begun: Optional[float] = None  # when the first samples arrived
@@ -62,7 +63,9 @@ class Source:
         """Whether the audio arrives at real-time pace (so that audio waiting means the
         consumer is behind): a live source that has been delivering for PACE_SLACK seconds and
         never more than the time elapsed since its first samples plus PACE_SLACK (a file piped
-        into stdin arrives in a burst: it is not live)."""
+        into stdin arrives in a burst: it is not live); a steady source from the start."""
+        if self.steady:
+            return True
         if not self.live or self.begun is None or self.ahead:
             return False
         return time.monotonic() - self.begun >= PACE_SLACK
@@ -206,7 +209,7 @@ def open_stdin(realtime: bool = False, stream: Optional[BinaryIO] = None) -> Sou
     stream = stream or sys.stdin.buffer
     head = stream.read(2 * SAMPLE_RATE)  # 1 s of s16le
     if is_container(head):
-        source = Source("stdin", live=True)
+        source = Source("stdin", live=True, steady=realtime)
         proc = _ffmpeg("stdin", stdin=True)
         _start(_feed_stdin, proc, head, stream)
         _start(_ffmpeg_reader, source, proc, realtime, "stdin")
@@ -215,7 +218,7 @@ def open_stdin(realtime: bool = False, stream: Optional[BinaryIO] = None) -> Sou
         raise SourceError("stdin looks like 32-bit float samples: send 16 kHz mono 16-bit "
                           "little-endian PCM (ffmpeg ... -f s16le -ac 1 -ar 16000 -) or a "
                           "container such as WAV")  # fmt: skip
-    source = Source("stdin", live=True)
+    source = Source("stdin", live=True, steady=realtime)
     _start(_pcm_reader, source, stream, realtime, head)
     return source
 
@@ -224,7 +227,7 @@ def open_file(name: str, realtime: bool = False) -> Source:
     """A file or URL, decoded by ffmpeg; ``realtime``: paced at real time."""
     if "://" not in name and not os.path.isfile(name):
         raise SourceError(f"audio file not found: {name}")
-    source = Source(name, live=realtime)
+    source = Source(name, live=realtime, steady=realtime)
     proc = _ffmpeg(name)
     _start(_ffmpeg_reader, source, proc, realtime, name)
     return source
@@ -244,7 +247,7 @@ def _sounddevice():
 def open_microphone(device=None) -> Source:
     """The default (or named) input device, 16 kHz mono int16, via sounddevice."""
     sounddevice = _sounddevice()
-    source = Source("microphone", live=True)
+    source = Source("microphone", live=True, steady=True)
 
     def callback(data, frames, when, status):
         source.put(data[:, 0].copy())
