@@ -207,6 +207,54 @@ def test_agreement_fold():
     assert exact.update(second) == [] and folded.update(second) == second
 
 
+def test_agreement_history():
+    """An uncertain word heard alike by passes n-2 and n is not held back by pass n-1's
+    other reading."""
+    let = [Word(0.0, 0.3, " to"), Word(0.3, 0.6, " let"), Word(0.6, 1.0, " some"),
+           Word(1.0, 1.4, " air.")]  # fmt: skip
+    left = let[:1] + [Word(0.3, 0.6, " left")] + let[2:]
+    published, kept = LocalAgreement(), LocalAgreement(history=2)
+    for agreement in (published, kept):
+        assert agreement.update(let[:3]) == []
+        assert agreement.update(left) == let[:1]
+    assert published.update(let) == []  # "left" then "let": no agreement on the next word
+    assert kept.update(let) == let[1:3]  # "let some" as two passes before
+    assert published.update(let) == let[1:] and kept.update(let) == let[3:]
+    with pytest.raises(ValueError, match="history"):
+        LocalAgreement(history=0)
+
+
+@pytest.fixture(scope="module")
+def paused_speech(tmp_path_factory) -> tuple:
+    """(audio, [sentence end s]): four espeak-ng sentences, 2 s of silence after each."""
+    work = tmp_path_factory.mktemp("live_paused")
+    parts, ends = [], []
+    for i, text in enumerate(testkit.SENTENCES[:4]):
+        speech = testkit.read_wav(testkit.espeak(text, work / f"{i}.wav"))
+        parts += [speech, np.zeros(2 * RATE, np.float32)]
+        ends.append(sum(len(p) for p in parts) / RATE - 2)
+    return np.concatenate(parts), ends
+
+
+def test_a_pause_commits_a_sentence_without_a_second_pass(ct2_tiny_en_dir, paused_speech):
+    """No head (no tags): the quiet after a sentence commits its last words at the first pass
+    that heard commit_pause (0.6 s) of it, 0.6-1.6 s after the word's end."""
+    from whisper_at.faster import WhisperModel
+
+    bare = WhisperModel(str(ct2_tiny_en_dir), compute_type="int8", cpu_threads=2, at_head=False)
+    audio, ends = paused_speech
+    timed, live = _run(bare, audio, [RATE], language="en")
+    assert live.sounds is None
+    words = [(t, w) for t, e in timed if isinstance(e, Segment) for w in e.words]
+    last = [(t, w) for t, w in words if w.text.strip().endswith((".", "!", "?"))]
+    assert len(last) == 4, [w.text for _, w in words]
+    for (t, word), end in zip(last, ends):
+        assert word.end <= end + 0.3  # the sentence's own last word
+        assert t - word.end <= 1.6, (word, t)  # the first pass 0.6 s after it
+    text = " ".join(w.text.strip() for _, w in words)
+    assert word_error_rate([" ".join(testkit.SENTENCES[:4])], [text]) <= 0.15, text
+
+
 def test_bad_input(fw_speech):
     live = LiveTranscriber(fw_speech)
     with pytest.raises(ValueError, match="mono"):
@@ -222,6 +270,8 @@ def test_bad_input(fw_speech):
         LiveTranscriber(fw_speech, at_speech_gate=2)
     with pytest.raises(ValueError, match="commit_pause"):
         LiveTranscriber(fw_speech, commit_pause=0)
+    with pytest.raises(ValueError, match="history"):
+        LiveTranscriber(fw_speech, agreement_history=0)
 
 
 # ---------------------------------------------------------------- the command
@@ -298,6 +348,28 @@ def test_command_paced_file_and_container_on_stdin(ct2_tiny_en_dir, speech_head_
         assert word_error_rate([SPEECH[0]], [text]) <= 0.2, text
     logged = [json.loads(line) for line in (tmp_path / "paced.jsonl").read_text().splitlines()]
     assert {"segment", "tentative"} <= {e["type"] for e in logged}
+
+
+def test_command_says_it_falls_behind_and_keeps_up(ct2_tiny_en_dir, speech_head_file,
+                                                    speech_audio, tmp_path):  # fmt: skip
+    """Steps of 0.1 s (a pass takes longer) on a file paced at real time: the command says it
+    is behind, merges the waiting steps into one pass, and still captions the speech."""
+    wav, log = tmp_path / "speech.wav", tmp_path / "events.jsonl"
+    testkit.write_wav(wav, speech_audio)
+    proc = _command(ct2_tiny_en_dir, speech_head_file, wav, "--realtime", "--step", "0.1",
+                    "--events", log)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    said = [line for line in proc.stderr.decode().splitlines() if "falling behind" in line]
+    assert said and said[0].startswith("whisper-at: warning: falling behind real time at ")
+    logged = [json.loads(line) for line in log.read_text().splitlines()]
+    lags = [e for e in logged if e["type"] == "lag"]
+    assert lags and all(e["merged"] >= 2 for e in lags)
+    # merged, not queued: a pass does what arrived during the one before it (paced by us: the
+    # source is known to be real-time from its first chunk; before that was known, 3 s of steps
+    # run one by one had left 9 s waiting)
+    assert max(e["behind"] for e in lags) < 5.0
+    text = " ".join(e["text"] for e in logged if e["type"] == "segment")
+    assert word_error_rate([" ".join(SPEECH)], [text]) <= 0.25, text
 
 
 def test_command_bad_sources(ct2_tiny_en_dir, speech_head_file, speech_audio, tmp_path,

@@ -27,8 +27,7 @@ import numpy as np
 from whisper.audio import SAMPLE_RATE
 from whisper.utils import format_timestamp
 
-from .live import Lag, LiveTranscriber, Segment, Sound, Tentative, Word
-from .live.captions import LiveCaptions
+from .live import Lag, LiveCaptions, LiveTranscriber, Segment, Sound, Tentative, Word
 from .serve_models import ModelCache, is_multilingual, model_label, one_line
 
 STEP = 1.0  # s of audio between two passes

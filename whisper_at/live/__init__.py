@@ -11,9 +11,11 @@ speech gate skipped, from the encoder passes of a whisper-at model. See docs/liv
 
 from .agreement import LocalAgreement
 from .backends import PassOptions
+from .captions import LiveCaptions
 from .events import Lag, Segment, Skipped, Sound, Tentative, Word, event_dict
 from .sounds import SoundOptions, SoundTracker
 from .stream import LiveTranscriber
 
-__all__ = ["Lag", "LiveTranscriber", "LocalAgreement", "PassOptions", "Segment", "Skipped",
-           "Sound", "SoundOptions", "SoundTracker", "Tentative", "Word", "event_dict"]  # fmt: skip
+__all__ = ["Lag", "LiveCaptions", "LiveTranscriber", "LocalAgreement", "PassOptions", "Segment",
+           "Skipped", "Sound", "SoundOptions", "SoundTracker", "Tentative", "Word",
+           "event_dict"]  # fmt: skip

@@ -1,6 +1,8 @@
 """LocalAgreement-2 (Machacek, Dabre and Bojar, "Turning Whisper into Real-Time Transcription
 System", 2023; whisper_streaming's ``HypothesisBuffer``): the words of a pass that the previous
-pass agrees on, from the start of both (their longest common word prefix), are committed."""
+pass agrees on, from the start of both (their longest common word prefix), are committed.
+With ``history=2`` the pass before that counts too: a word heard alike in passes n-2 and n is
+not held back because pass n-1 heard it otherwise (the flip-flops of an uncertain word)."""
 
 import string
 from typing import List, Sequence
@@ -26,10 +28,16 @@ class LocalAgreement:
     Only the last ``MAX_NGRAM`` committed words are kept: memory does not grow with the stream.
     ``fold=True``: words agree whatever their case and punctuation at their ends ("garden" and
     "Garden."; the later pass's is committed): a sentence's last word, heard first without its
-    full stop, need not wait a pass more."""
+    full stop, need not wait a pass more. ``history``: how many earlier passes a pass may agree
+    with (1: the previous one, as published)."""
 
-    def __init__(self, fold: bool = False):
+    def __init__(self, fold: bool = False, history: int = 1):
+        if history < 1:
+            raise ValueError(f"history must be >= 1, got {history!r}")
         self.same = _folded if fold else _same
+        self.history = history
+        self.previous: List[Word] = []  # the previous pass's words
+        self.earlier: List[List[Word]] = []  # the words of the passes before it
         self.recent: List[Word] = []  # the last committed words
         self.pending: List[Word] = []  # the previous pass's words after the committed ones
         self.committed_end = 0.0
@@ -45,14 +53,22 @@ class LocalAgreement:
         return new
 
     def update(self, words: Sequence[Word]) -> List[Word]:
+        """A pass's words: those committed."""
         new = self.new_words(words)
-        agreed = 0
-        while agreed < min(len(new), len(self.pending)) and self.same(
-            new[agreed], self.pending[agreed]
-        ):
-            agreed += 1
+        agreed = max([self._prefix(new, self.pending)]
+                     + [self._prefix(new, self.new_words(p)) for p in self.earlier])  # fmt: skip
+        if self.history > 1:
+            self.earlier = (self.earlier + [self.previous])[1 - self.history :]
+        self.previous = list(words)
         self.pending = new[agreed:]
         return self.commit(new[:agreed])
+
+    def _prefix(self, a: Sequence[Word], b: Sequence[Word]) -> int:
+        """The length of the longest common prefix of two word lists."""
+        n = 0
+        while n < min(len(a), len(b)) and self.same(a[n], b[n]):
+            n += 1
+        return n
 
     def commit(self, words: Sequence[Word]) -> List[Word]:
         """Commit ``words`` (in order, after the committed ones) as they are."""

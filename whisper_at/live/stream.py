@@ -2,7 +2,8 @@
 
 Every ``step`` seconds of audio (counted from the first sample, whatever the chunks fed) one
 pass transcribes the rolling buffer (:func:`~whisper_at.live.backends.run_pass`); LocalAgreement-2
-commits what two consecutive passes agree on; the buffer is trimmed at committed sentence ends
+commits what a pass and one of the two before it agree on, and a pause heard after the tentative
+words commits them; the buffer is trimmed at committed sentence ends
 once longer than ``trim_after`` seconds, and forcibly before ``max_buffer``; the speech gate's
 skips at the buffer's start are trimmed away (the prompt starts afresh after them); tag rows of
 ``at_time_res`` seconds become sound events as each row is complete in a pass. The same audio
@@ -31,6 +32,8 @@ SOUND_LOOKAHEAD = 1  # rows of audio after a row before its tags are final
 IDLE_KEEP = 2.0  # s kept at the end when a pass heard nothing new
 LEAK = 1.6  # s after speech that the head may still call speech (docs/gate.md)
 PAUSE_THRESHOLD = 0.5  # speech probability of a row below which it is a pause (without a gate)
+QUIET_DB = 10.0  # a stretch this much below the level of the words before it is a pause
+WORD_EDGE = 0.1  # s after a word's end timestamp that may still be its sound
 
 
 def samples_of(chunk) -> np.ndarray:
@@ -62,7 +65,7 @@ class LiveTranscriber:
                  at_time_res: float = 0.8, trim_after: float = 15.0, max_buffer: float = 25.0,
                  prompt_chars: int = 200, beam_size: int = 1, task: str = "transcribe",
                  sounds: SoundOptions = SoundOptions(),
-                 commit_pause: Optional[float] = 0.8):  # fmt: skip
+                 commit_pause: Optional[float] = 0.6, agreement_history: int = 2):  # fmt: skip
         if not 0.1 <= step <= 10:
             raise ValueError(f"step must be 0.1 .. 10 seconds, got {step!r}")
         if not step < trim_after < max_buffer <= MAX_PASS:
@@ -81,13 +84,15 @@ class LiveTranscriber:
         self.trim_after = round(trim_after * SAMPLE_RATE)
         self.max_buffer = round(max_buffer * SAMPLE_RATE)
         self.prompt_chars = prompt_chars
-        pause = commit_pause if has_head(model) else None  # rows of no speech that commit:
-        self.pause = None if pause is None else -(-round(pause * SAMPLE_RATE) // self.res)
+        self.pause = None if commit_pause is None else round(commit_pause * SAMPLE_RATE)
+        self.pause_rows = None  # rows of no speech that commit (a model with a head):
+        if self.pause is not None and has_head(model):
+            self.pause_rows = -(-self.pause // self.res)
         self.audio = np.zeros(0, np.float32)  # the buffer, then audio not yet passed over
         self.start = 0  # stream sample of audio[0] (a multiple of self.res)
         self.received = 0
         self.done = 0  # stream sample up to which the last pass went
-        self.agreement = LocalAgreement(fold=True)
+        self.agreement = LocalAgreement(fold=True, history=agreement_history)
         self.in_buffer: List[Word] = []  # committed words that end inside the buffer
         self.prompt: deque = deque()  # committed words before it, since the last prompt reset
         self.sounds = SoundTracker(res, sounds) if has_head(model) else None
@@ -176,8 +181,9 @@ class LiveTranscriber:
         events += self._gate_trim(result.skipped, words)
         if final:
             committed = self.agreement.commit_pending(words)
-        else:
-            committed = self.agreement.update(words)
+        else:  # a pass that wrote no words at all where the gate skipped nothing (a decoding
+            # that gave up on a buffer of speech) neither agrees nor disagrees
+            committed = self.agreement.update(words) if result.words or result.skipped else []
             committed += self._pause_commit(result.audio_tag, end)
         events += self._commit(committed)
         if not final and self.agreement.pending != list(self.tentative):
@@ -191,25 +197,48 @@ class LiveTranscriber:
         return events
 
     def _pause_commit(self, audio_tag, end: int) -> List[Word]:
-        """The tentative words, if the head hears no speech in ``self.pause`` rows in a row
-        after the last of them, in rows the pass heard whole: a sentence that ends into a pause
-        is final, without waiting for a second pass to agree."""
+        """The tentative words, if the pass heard a pause after the last of them: a sentence
+        that ends into a pause is final without waiting for a second pass to agree."""
         pending = self.agreement.pending
-        if self.pause is None or audio_tag is None or not pending:
+        if self.pause is None or not pending:
             return []
-        first = max(0, -(-(round(pending[-1].end * SAMPLE_RATE) - self.start) // self.res))
+        last = round(pending[-1].end * SAMPLE_RATE) - self.start  # buffer samples
+        if self._quiet_gap(pending[0], last, end) or self._quiet_rows(audio_tag, last, end):
+            return self.agreement.commit_pending()
+        return []
+
+    def _quiet_gap(self, first: Word, last: int, end: int) -> bool:
+        """The pass wrote nothing in the ``commit_pause`` s or more it heard after its last word,
+        and that audio is ``QUIET_DB`` below the level of its tentative words."""
+        heard = end - self.start
+        if heard - last < self.pause:
+            return False
+        said = self.audio[max(0, round(first.start * SAMPLE_RATE) - self.start) : last]
+        gap = self.audio[last + round(WORD_EDGE * SAMPLE_RATE) : heard]
+        if not len(said) or not len(gap):
+            return False
+        return float(np.sqrt(np.mean(np.square(gap)))) < float(
+            np.sqrt(np.mean(np.square(said)))) * 10 ** (-QUIET_DB / 20)  # fmt: skip
+
+    def _quiet_rows(self, audio_tag, last: int, end: int) -> bool:
+        """The head hears no speech in ``commit_pause`` s of rows in a row after the last word,
+        in rows the pass heard whole (it hears speech up to ~1.6 s after it ends, so this
+        commits before noise, tones and music that a level does not tell from speech)."""
+        if self.pause_rows is None or audio_tag is None:
+            return False
+        first = max(0, -(-last // self.res))
         whole = (end - self.start) // self.res
-        if whole - first < self.pause:
-            return []
+        if whole - first < self.pause_rows:
+            return False
         gate = self.options.at_speech_gate
         threshold = PAUSE_THRESHOLD if gate is None else gate
         quiet = speech_probability(audio_tag[first:whole]).numpy() < threshold  # NaN: not quiet
         run = 0
         for q in quiet:
             run = run + 1 if q else 0
-            if run >= self.pause:
-                return self.agreement.commit_pending()
-        return []
+            if run >= self.pause_rows:
+                return True
+        return False
 
     def _commit(self, words: List[Word]) -> list:
         if not words:
