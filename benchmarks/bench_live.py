@@ -12,17 +12,24 @@ merges steps instead). A sound's onset latency is the same for its event against
 onset.
 
 Rows: whisper_at.live (faster-whisper backend, int8) with tiny.en and the speech head the tests
-train (with and without the speech gate) and base (no head here: no tags, no gate); the
-row "agreement only": LocalAgreement without the pause commit (``commit_pause=None``); the
-baseline: whisper_streaming's policy over plain faster-whisper, written here (LocalAgreement-2,
-``segment`` buffer trimming at 15 s, 200-character prompt, beam 5, word timestamps, its
-no_speech_prob > 0.9 word filter). Each row runs in its own process (peak RSS).
+train (with and without the speech gate) and base (no head here: no tags, no gate); the row
+"LocalAgreement-2 only": the published policy alone (``commit_pause=None``,
+``agreement_history=1``); the baseline: whisper_streaming's policy over plain faster-whisper,
+written here (LocalAgreement-2, ``segment`` buffer trimming at 15 s, 200-character prompt,
+beam 5, word timestamps, its no_speech_prob > 0.9 word filter). Each row runs in its own
+process (peak RSS).
 Columns: caption latency p50/p95; sound-event onset latency per non-speech block; WER of the
 committed text vs the same model's offline transcript (``transcribe`` of the whole file, same
 options) and vs the reference; words committed inside non-speech (more than 1 s after it
 starts); compute real-time factor; peak RSS; the longest buffer.
 
     python benchmarks/bench_live.py [--rows "NAME;NAME..."]
+    python benchmarks/bench_live.py --minutes 30
+    python benchmarks/bench_live.py --quick    # smoke run: two rows on the first 30 s
+
+``--minutes N``: memory over a long stream instead: the recording fed over and over for N
+minutes of stream (the first row's settings, virtual clock), the process's resident memory
+sampled every minute of stream; prints it, the buffer and the growth after the first minutes.
 """
 
 import argparse
@@ -38,7 +45,7 @@ import testkit
 RATE = common.SAMPLE_RATE
 ROWS = (
     "live tiny.en + gate",
-    "live tiny.en + gate, agreement only",
+    "live tiny.en + gate, LocalAgreement-2 only",
     "live tiny.en + gate (step 2 s)",
     "live tiny.en",
     "live base",
@@ -47,6 +54,7 @@ ROWS = (
 )
 STEP_SECONDS = {row: 2.0 if "step 2" in row else 1.0 for row in ROWS}
 INSIDE = 1.0  # s into a non-speech block after which a committed word counts as invented
+QUICK, QUICK_SECONDS = ("live tiny.en + gate", "baseline tiny.en"), 30
 
 
 # ------------------------------------------------------------------ the recording
@@ -170,17 +178,23 @@ def _percentile(values, q):
     return float(np.percentile(values, q)) if values else None
 
 
-def run_row(row: str) -> dict:
+def run_row(row: str, seconds: float = 0) -> dict:
+    """One row; ``seconds``: only the recording's first seconds (the speech blocks that end
+    before them are the reference)."""
     from whisper_at.live import LiveTranscriber, Segment, Sound
     from whisper_at.research.noise import word_error_rate
 
     path, parts = recording()
     audio = testkit.read_wav(path)
+    if seconds:
+        audio = audio[: int(seconds * RATE)]
+        parts = [(a, min(b, seconds), kind, text) for a, b, kind, text in parts
+                 if a < seconds and (kind != "speech" or b <= seconds)]  # fmt: skip
     model, head = _models(row)
     gate = 0.5 if "gate" in row else None
     live = Baseline(model) if row.startswith("baseline") else LiveTranscriber(
         model, STEP_SECONDS[row], language="en", at_speech_gate=gate,
-        commit_pause=None if "agreement only" in row else 0.8)  # fmt: skip
+        **(dict(commit_pause=None, agreement_history=1) if "only" in row else {}))  # fmt: skip
     compute, committed, sounds, passes, buffer_max = 0.0, [], [], [], 0
     step, baseline = int(STEP_SECONDS[row] * RATE), row.startswith("baseline")
     for at in range(0, len(audio), step):
@@ -237,25 +251,86 @@ def run_row(row: str) -> dict:
     }  # fmt: skip
 
 
+def run_long(minutes: float) -> dict:
+    """Memory over ``minutes`` of stream: the recording over and over through the first row,
+    and the command's captions (growing .sdh.vtt and .sdh.srt, JSON-lines log) in a temporary
+    directory."""
+    import tempfile
+
+    from whisper_at.live import LiveCaptions, LiveTranscriber
+
+    path, _ = recording()
+    audio = testkit.read_wav(path)
+    model, _ = _models(ROWS[0])
+    live = LiveTranscriber(model, STEP_SECONDS[ROWS[0]], language="en", at_speech_gate=0.5)
+    out = tempfile.mkdtemp(prefix="bench-live-")
+    captions = LiveCaptions(f"{out}/live.sdh.vtt", f"{out}/live.sdh.srt", f"{out}/live.jsonl",
+                            show=lambda line: None)  # fmt: skip
+    samples, words, begun = [], 0, time.perf_counter()
+    total = int(minutes * 60 * RATE) // RATE * RATE
+    for at in range(0, total, RATE):
+        start = at % len(audio)
+        chunk = audio[start : start + RATE]
+        if len(chunk) < RATE:  # the recording starts over
+            chunk = np.concatenate([chunk, audio[: RATE - len(chunk)]])
+        events = live.feed(chunk)
+        words += sum(len(e.words) for e in events if hasattr(e, "words") and e.final)
+        captions.add(events)
+        captions.settle(*live.settled)
+        if (at + RATE) % (60 * RATE) == 0:
+            samples.append([(at + RATE) // (60 * RATE), round(common.rss_mb(), 1),
+                            round(len(live.audio) / RATE, 1), live.passes, words])  # fmt: skip
+            print(json.dumps(samples[-1]), file=sys.stderr, flush=True)
+    captions.add(live.finish())
+    captions.close()
+    return {"samples": samples, "compute_s": time.perf_counter() - begun,
+            "peak_rss_mb": common.peak_rss_mb()}  # fmt: skip
+
+
+def report_long(minutes: float):
+    result = run_long(minutes)
+    samples = result["samples"]
+    print(common.machine())
+    print(f"{minutes:g} minutes of stream (the {recording()[0].name} recording over and over), "
+          f"{ROWS[0]}, step {STEP_SECONDS[ROWS[0]]:g} s; compute {result['compute_s']:.0f} s\n")
+    print(common.table(["minute", "RSS (MiB)", "buffer (s)", "passes", "words committed"],
+                       samples))  # fmt: skip
+    settled = [s[1] for s in samples[2:]] or [samples[-1][1]]
+    print(f"\nRSS after minute 3: {min(settled):.1f} - {max(settled):.1f} MiB "
+          f"(growth from minute 3 to the end {samples[-1][1] - settled[0]:+.1f} MiB); "
+          f"peak {result['peak_rss_mb']:.1f} MiB")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default=";".join(ROWS), help="row names, separated by ;")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="measure memory over this many minutes of stream instead")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run: {' and '.join(QUICK)} on the first {QUICK_SECONDS} s")
+    parser.add_argument("--seconds", type=float, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.minutes:
+        report_long(args.minutes)
+        return
     if args.child:
-        print(json.dumps(run_row(args.child)))
+        print(json.dumps(run_row(args.child, args.seconds)))
         return
     recording()
     results = []
-    for row in args.rows.split(";"):
-        proc = subprocess.run([sys.executable, __file__, "--child", row], capture_output=True,
-                              text=True)  # fmt: skip
+    rows, seconds = (QUICK, QUICK_SECONDS) if args.quick else (args.rows.split(";"), 0)
+    for row in rows:
+        proc = subprocess.run([sys.executable, __file__, "--child", row, "--seconds",
+                               str(seconds)], capture_output=True, text=True)  # fmt: skip
         if proc.returncode != 0:
             print(f"{row}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
             continue
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     print(common.machine())
+    if not results:
+        sys.exit("every row failed")
     print(f"recording: {results[0]['duration']:.1f} s; CPU, 2 threads, int8\n")
     print(common.table(
         ["row", "audio latency p50 / p95 (s)", "+ its pass p50 / p95 (s)", "pass p50 / p95 (s)",
@@ -276,6 +351,13 @@ def main():
     for r in results:
         if r["invented"]:
             print(f"- {r['row']} words in non-speech: {' '.join(r['invented'][:30])}")
+    first = results[0]
+    print(f"\nSUMMARY bench_live: {first['row']}: audio latency p50 / p95 "
+          f"{first['audio_latency_p50']:.2f} / {first['audio_latency_p95']:.2f} s, WER vs offline "
+          f"{first['wer_vs_offline']:.3f}, {len(first['invented'])} words in non-speech, "
+          f"compute RTF {first['rtf']:.3f}")
+    if len(results) < len(rows):
+        sys.exit(f"{len(rows) - len(results)} row(s) failed (above)")
 
 
 if __name__ == "__main__":

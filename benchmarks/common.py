@@ -275,6 +275,11 @@ def _status() -> Dict[str, float]:
     return values
 
 
+def rss_mb() -> float:
+    """Resident set size of this process now, MiB (VmRSS; Linux)."""
+    return _status()["VmRSS"]
+
+
 _LIFETIME_PEAK = [0.0]  # ru_maxrss before phase_peak last reset the kernel's high-water mark
 
 

@@ -21,3 +21,5 @@ run faster bench_faster.py
 run transformers bench_transformers.py --threads 1 --repeats 5
 run transformers_beams5 bench_transformers.py --threads 1 --repeats 3 --num_beams 5
 run backends bench_backends.py --repeats 3  # whisperX rows need .venv-whisperx (tests/install.sh)
+run live bench_live.py  # ~20 min
+run live_30min bench_live.py --minutes 30  # ~25 min

@@ -26,3 +26,20 @@ def test_benchmark_quick(script, tiny_en_pt, request):
     assert last.startswith(f"SUMMARY {script}: tiny "), last
     assert re.search(r"x\d+\.\d{3}", last), last
     assert "| tiny |" in proc.stdout  # a results table was printed
+
+
+def test_live_benchmark_quick(tiny_en_pt, ct2_tiny_en_dir, speech_head_file):
+    """bench_live.py --quick: whisper_at.live with the gate and the whisper_streaming-style
+    baseline on the recording's first 30 s (a speech block, silence, a melody)."""
+    env = dict(os.environ, WHISPER_AT_TEST_CACHE=str(Path(tiny_en_pt).parent))
+    cmd = [sys.executable, str(BENCHMARKS / "bench_live.py"), "--quick"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "| live tiny.en + gate |" in proc.stdout and "| baseline tiny.en |" in proc.stdout
+    last = proc.stdout.strip().splitlines()[-1]
+    found = re.fullmatch(r"SUMMARY bench_live: live tiny\.en \+ gate: audio latency p50 / p95 "
+                         r"([\d.]+) / ([\d.]+) s, WER vs offline ([\d.]+), (\d+) words in "
+                         r"non-speech, compute RTF ([\d.]+)", last)  # fmt: skip
+    assert found, last
+    p50, p95, wer, invented, _ = (float(v) for v in found.groups())
+    assert 0 < p50 <= p95 and wer <= 0.15 and invented == 0, last
