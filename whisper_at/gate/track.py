@@ -68,7 +68,7 @@ def speech_mask(row_probs: Tensor, res_pooled: int, fine: Tensor, threshold: flo
     probs = fine.numpy()
     low = _closed(probs >= min(threshold, FRAME_THRESHOLD), GAP_FRAMES)
     hit = np.zeros(n, dtype=bool)
-    for a, b in _runs(low):
+    for a, b in runs(low):
         hit[a:b] = bool((probs[a:b] >= threshold).any())
     mask = np.ones(n, dtype=bool)
     for k, speech in enumerate(coarse):
@@ -91,13 +91,13 @@ def speech_mask(row_probs: Tensor, res_pooled: int, fine: Tensor, threshold: flo
 def _closed(hit: np.ndarray, gap: int) -> np.ndarray:
     """``hit`` with runs of up to ``gap`` False between two True set True."""
     hit = hit.copy()
-    for a, b in _runs(~hit):
+    for a, b in runs(~hit):
         if 0 < a and b < len(hit) and b - a <= gap:
             hit[a:b] = True
     return hit
 
 
-def _runs(mask: np.ndarray) -> List[Tuple[int, int]]:
+def runs(mask: np.ndarray) -> List[Tuple[int, int]]:
     """[start, end) of each run of True."""
     edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
     return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
@@ -131,7 +131,7 @@ class SpeechMap:
         fine = track[first : rows.stop * res_pooled]
         mask = speech_mask(probs, res_pooled, fine, threshold)
         offset = first * MEL_PER_POOLED
-        spans = [(offset + a * MEL_PER_POOLED, offset + b * MEL_PER_POOLED) for a, b in _runs(mask)]
+        spans = [(offset + a * MEL_PER_POOLED, offset + b * MEL_PER_POOLED) for a, b in runs(mask)]
         hi = min(tagger.content_frames, offset + len(fine) * MEL_PER_POOLED)
         spans = [(a, min(b, hi)) for a, b in spans if a < hi]
         return cls(spans, round(margin_seconds * 100), offset, hi)

@@ -20,6 +20,7 @@ import numpy as np
 from whisper.audio import SAMPLE_RATE
 
 from ..gate import DEFAULT_MARGIN, gate_options, speech_probability
+from ..gate.track import runs
 from ..tagging import check_at_time_res
 from .agreement import EARLY, LocalAgreement
 from .backends import RESOLUTION_WARNING, PassOptions, has_head, run_pass
@@ -46,6 +47,11 @@ def samples_of(chunk) -> np.ndarray:
     if not np.issubdtype(array.dtype, np.floating):
         raise TypeError(f"expected float32 samples or int16 PCM, got {array.dtype}")
     return array.astype(np.float32, copy=False)
+
+
+def _level(samples: np.ndarray) -> float:
+    """Root mean square of ``samples``."""
+    return float(np.sqrt(np.mean(np.square(samples))))
 
 
 def _segment(cls, words: List[Word]):
@@ -217,8 +223,7 @@ class LiveTranscriber:
         gap = self.audio[last + round(WORD_EDGE * SAMPLE_RATE) : heard]
         if not len(said) or not len(gap):
             return False
-        return float(np.sqrt(np.mean(np.square(gap)))) < float(
-            np.sqrt(np.mean(np.square(said)))) * 10 ** (-QUIET_DB / 20)  # fmt: skip
+        return _level(gap) < _level(said) * 10 ** (-QUIET_DB / 20)
 
     def _quiet_rows(self, audio_tag, last: int, end: int) -> bool:
         """The head hears no speech in ``commit_pause`` s of rows in a row after the last word,
@@ -233,12 +238,7 @@ class LiveTranscriber:
         gate = self.options.at_speech_gate
         threshold = PAUSE_THRESHOLD if gate is None else gate
         quiet = speech_probability(audio_tag[first:whole]).numpy() < threshold  # NaN: not quiet
-        run = 0
-        for q in quiet:
-            run = run + 1 if q else 0
-            if run >= self.pause_rows:
-                return True
-        return False
+        return any(b - a >= self.pause_rows for a, b in runs(quiet))
 
     def _commit(self, words: List[Word]) -> list:
         if not words:
