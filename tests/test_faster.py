@@ -128,13 +128,22 @@ def test_one_pass_tags_equal_whisper_at_on_the_same_windows(fw_one_pass, one_pas
     assert len(seeks) >= 3 and set(seeks) >= {segment.seek for segment in segments}
     expected = _expected_rows(tiny_at, features, seeks, len(long_audio) // 160, 10)
     torch.testing.assert_close(info.audio_tag, expected, atol=1e-4, rtol=1e-4)
-    # end to end, against whisper_at.transcribe on openai-whisper's (torch) mel: the rows
-    # agree closely (window seeks may differ by a frame or two where the texts differ)
+    # end to end, against whisper_at.transcribe on openai-whisper's (torch) mel: where both
+    # decoded the same windows (the int8 decoder's text, hence its next seek, can differ from
+    # openai-whisper's float32 one, sooner or later by CPU), the rows agree to the mels' difference
     torch.manual_seed(0)
-    reference = whisper_at.transcribe(tiny_at, long_audio, temperature=0)["audio_tag"]
-    assert reference.shape == info.audio_tag.shape
-    similarity = torch.nn.functional.cosine_similarity(reference, info.audio_tag, dim=1)
-    assert similarity.min() > 0.995, similarity
+    reference = whisper_at.transcribe(tiny_at, long_audio, temperature=0)
+    assert reference["audio_tag"].shape == info.audio_tag.shape
+    end = len(long_audio) // 160
+    ours = seeks + [end]
+    theirs = sorted({segment["seek"] for segment in reference["segments"]}) + [end]
+    shared = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b or i == len(ours) - 1)
+    same_until = min(ours[shared], theirs[shared]) / 100  # seconds decoded in the same windows
+    rows = int(same_until // 10)
+    assert rows >= 2, (ours, theirs)
+    similarity = torch.nn.functional.cosine_similarity(reference["audio_tag"][:rows],
+                                                       info.audio_tag[:rows], dim=1)  # fmt: skip
+    assert similarity.min() > 0.9999, similarity
 
 
 def test_auto_compute_type(tiny_dir, tiny_head_file, fw_one_pass, plain_long, long_audio):
