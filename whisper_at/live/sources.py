@@ -18,7 +18,10 @@ from whisper.audio import SAMPLE_RATE
 from ..audio_io import _ffmpeg_error
 
 CHUNK = SAMPLE_RATE // 10  # samples per chunk read (0.1 s)
-PACE_SLACK = 3.0  # s: a source that has delivered no more than the time elapsed + this is live
+PACE_SLACK = 3.0  # s of delivery no faster than real time after which a live source is paced
+START_BURST = 6.0  # s: a live stream's start may come at once (ffmpeg reads up to ~5 s of a
+# stream from a URL before it decodes any); a source that gets further ahead is not live
+BACKLOG = 64  # chunks queued at most from a source that is not live (it waits for the reader)
 MAGIC = (b"RIFF", b"OggS", b"fLaC", b"ID3", b"\x1a\x45\xdf\xa3", b"FORM", b"caff")
 END = None  # queued after the last chunk
 
@@ -48,11 +51,14 @@ def looks_like_float(head: bytes) -> bool:
 
 class Source:
     """Chunks of int16 samples from a reader thread; ``live``: may arrive at real-time pace;
-    ``steady``: does, by construction (a microphone; a source we pace, ``--realtime``)."""
+    ``steady``: does, by construction (a microphone; a source we pace, ``--realtime``). A live
+    source never waits to queue a chunk (a microphone would lose audio); one that is not, or
+    turns out not to be (a file piped in or downloaded arrives in a burst), waits while
+    ``BACKLOG`` chunks are queued, so memory stays bounded however long it is."""
 
     def __init__(self, name: str, live: bool, steady: bool = False):
         self.name, self.live, self.steady = name, live or steady, steady
-        self.queue: "queue.Queue" = queue.Queue(maxsize=0 if self.live else 64)
+        self.queue: "queue.Queue" = queue.Queue(maxsize=0 if self.live else BACKLOG)
         self.error: Optional[str] = None
         self.closed = threading.Event()
         self.begun: Optional[float] = None  # when the first samples arrived
@@ -62,7 +68,7 @@ class Source:
     def paced(self) -> bool:
         """Whether the audio arrives at real-time pace (so that audio waiting means the
         consumer is behind): a live source that has been delivering for PACE_SLACK seconds and
-        never more than the time elapsed since its first samples plus PACE_SLACK (a file piped
+        never more than the time elapsed since its first samples plus START_BURST (a file piped
         into stdin arrives in a burst: it is not live); a steady source from the start."""
         if self.steady:
             return True
@@ -79,7 +85,9 @@ class Source:
                     now = time.monotonic()
                     self.begun = now if self.begun is None else self.begun
                     self.received += len(chunk)
-                    self.ahead |= self.received / SAMPLE_RATE > now - self.begun + PACE_SLACK
+                    self.ahead |= self.received / SAMPLE_RATE > now - self.begun + START_BURST
+                    if self.ahead and not self.steady:  # not live after all: bounded from now
+                        self.queue.maxsize = BACKLOG
                 return True
             except queue.Full:
                 continue
@@ -153,6 +161,8 @@ def _ffmpeg(name: str, stdin: bool = False) -> subprocess.Popen:
         "-nostdin",
         "-loglevel",
         "error",
+        "-analyzeduration",
+        "1000000",
         "-i",
         "pipe:0" if stdin else name,
         "-f",
@@ -224,10 +234,14 @@ def open_stdin(realtime: bool = False, stream: Optional[BinaryIO] = None) -> Sou
 
 
 def open_file(name: str, realtime: bool = False) -> Source:
-    """A file or URL, decoded by ffmpeg; ``realtime``: paced at real time."""
-    if "://" not in name and not os.path.isfile(name):
+    """A file or URL, decoded by ffmpeg; ``realtime``: paced at real time. A URL may be a live
+    stream (internet radio, a stream server): it counts as real-time paced once it has
+    delivered for ``PACE_SLACK`` s no faster than real time (its first seconds may come at
+    once), as stdin does."""
+    url = "://" in name
+    if not url and not os.path.isfile(name):
         raise SourceError(f"audio file not found: {name}")
-    source = Source(name, live=realtime, steady=realtime)
+    source = Source(name, live=realtime or url, steady=realtime)
     proc = _ffmpeg(name)
     _start(_ffmpeg_reader, source, proc, realtime, name)
     return source

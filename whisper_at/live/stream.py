@@ -38,7 +38,8 @@ WORD_EDGE = 0.1  # s after a word's end timestamp that may still be its sound
 
 
 def samples_of(chunk) -> np.ndarray:
-    """A chunk as float32 samples in [-1, 1]: float arrays as they are, int16 PCM scaled."""
+    """A chunk as a new float32 array of samples in [-1, 1] (the caller may reuse its buffer):
+    float arrays as they are, int16 PCM scaled."""
     array = np.asarray(chunk)
     if array.ndim != 1:
         raise ValueError(f"expected mono samples (a 1-D array), got shape {list(array.shape)}")
@@ -46,7 +47,7 @@ def samples_of(chunk) -> np.ndarray:
         return array.astype(np.float32) / 32768
     if not np.issubdtype(array.dtype, np.floating):
         raise TypeError(f"expected float32 samples or int16 PCM, got {array.dtype}")
-    return array.astype(np.float32, copy=False)
+    return array.astype(np.float32)
 
 
 def _level(samples: np.ndarray) -> float:
@@ -95,6 +96,7 @@ class LiveTranscriber:
         if self.pause is not None and has_head(model):
             self.pause_rows = -(-self.pause // self.res)
         self.audio = np.zeros(0, np.float32)  # the buffer, then audio not yet passed over
+        self.fed: List[np.ndarray] = []  # chunks fed since, joined to it at the next pass
         self.start = 0  # stream sample of audio[0] (a multiple of self.res)
         self.received = 0
         self.done = 0  # stream sample up to which the last pass went
@@ -131,7 +133,7 @@ class LiveTranscriber:
         if self.finished:
             raise RuntimeError("feed() after finish(): make a new LiveTranscriber")
         samples = samples_of(chunk)
-        self.audio = np.concatenate([self.audio, samples])
+        self.fed.append(samples)
         self.received += len(samples)
         ready = self.received // self.step * self.step
         events: list = []
@@ -173,6 +175,9 @@ class LiveTranscriber:
 
     def _update(self, end: int, final: bool = False) -> list:
         events: list = []
+        if self.fed:
+            self.audio = np.concatenate([self.audio, *self.fed])
+            self.fed = []
         if end - self.start > self.max_buffer:  # behind, or no sentence ended for too long
             events += self._force_trim(end)
         audio = self.audio[: end - self.start]
