@@ -104,7 +104,8 @@ def test_transcribe_is_openai_whisper_s_on_a_128_mel_backbone(mel128_pt, model, 
 @pytest.mark.parametrize("window_seconds", [30, 10])
 def test_tag_on_a_128_mel_backbone(model, clip, window_seconds):
     with MelShapes(model) as seen:
-        result = model.tag(str(clip), window_seconds=window_seconds, return_audio_features=True)
+        result = model.tag(str(clip), window_seconds=window_seconds, return_audio_features=True,
+                           at_compute_type="float32")  # as transcribe and features
     assert seen == [(1, 128, window_seconds * 100)]
     tags, features = result["audio_tag"], result["audio_features_for_at"]
     assert tags.shape == (1, 527) and torch.isfinite(tags).all()
@@ -138,7 +139,8 @@ def test_features_and_a_trained_head_for_a_128_mel_backbone(
     # the features are those of the 128-mel tagging path (tag with 10 s windows)
     for i, entry in enumerate(features.entries):
         expected = model.tag(str(audio_dir / entry.path), window_seconds=10,
-                                return_audio_features=True)["audio_features_for_at"][0]
+                             return_audio_features=True,
+                             at_compute_type="float32")["audio_features_for_at"][0]
         assert np.isfinite(features.features(i)).all()
         np.testing.assert_allclose(features.features(i), expected.numpy(), atol=2e-4, rtol=1e-4)
 

@@ -76,7 +76,8 @@ def test_pad30_features_equal_the_first_30s_window_of_tag(
     features = FeatureSet(str(tmp_path / "f"))
     assert features.shape == (4, 75, 384) and features.meta["frames"] == 75
     for i, entry in enumerate(features.entries):
-        result = whisper_at.tag(tiny_at, str(audio / entry.path), return_audio_features=True)
+        result = whisper_at.tag(tiny_at, str(audio / entry.path), return_audio_features=True,
+                                at_compute_type="float32")  # features are float32
         window = result["audio_features_for_at"][0].numpy()  # the first 30 s window
         np.testing.assert_allclose(features.features(i), window, atol=2e-4, rtol=1e-4)
 

@@ -104,7 +104,8 @@ def test_features_are_sharded_labelled_and_match_the_tagging_path(synth, feature
     # the features are what whisper_at.tag computes for 10 s windows at inference
     for i in (0, 17, 47):
         wav = synth["train"].audio_dir / entries[i].path
-        result = whisper_at.tag(tiny_at, str(wav), window_seconds=10, return_audio_features=True)
+        result = whisper_at.tag(tiny_at, str(wav), window_seconds=10, return_audio_features=True,
+                                at_compute_type="float32")  # features are float32
         expected = result["audio_features_for_at"][0].numpy()
         np.testing.assert_allclose(train.features(i), expected, atol=2e-4, rtol=1e-4)
 
@@ -144,7 +145,7 @@ def test_trained_head_loads_with_load_model_and_tags_held_out_clips(
     # tagging the audio files gives the logits of the stored features
     for i in range(0, len(held_out), 4):
         wav = synth["eval"].audio_dir / held_out.entries[i].path
-        logits = model.tag(str(wav), window_seconds=10)["audio_tag"]
+        logits = model.tag(str(wav), window_seconds=10, at_compute_type="float32")["audio_tag"]
         assert logits.shape == (1, 527)
         np.testing.assert_allclose(logits[0].numpy(), expected[i], atol=2e-3, rtol=1e-3)
 
