@@ -12,7 +12,8 @@ merges steps instead). A sound's onset latency is the same for its event against
 onset.
 
 Rows: whisper_at.live (faster-whisper backend, int8) with tiny.en and the speech head the tests
-train (with and without the speech gate) and base (no head here: no tags, no gate); the row
+train (with and without the speech gate), base with the speech head trained the same way on
+base (and the gate) and base without a head (no tags, no gate); the row
 "LocalAgreement-2 only": the published policy alone (``commit_pause=None``,
 ``agreement_history=1``); the baseline: whisper_streaming's policy over plain faster-whisper,
 written here (LocalAgreement-2, ``segment`` buffer trimming at 15 s, 200-character prompt,
@@ -26,6 +27,7 @@ starts); compute real-time factor; peak RSS; the longest buffer.
     python benchmarks/bench_live.py [--rows "NAME;NAME..."]
     python benchmarks/bench_live.py --minutes 30
     python benchmarks/bench_live.py --quick    # smoke run: two rows on the first 30 s
+    python benchmarks/bench_live.py --lookahead  # base: one sentence's start, more or less heard
 
 ``--minutes N``: memory over a long stream instead: the recording fed over and over for N
 minutes of stream (the first row's settings, virtual clock), the process's resident memory
@@ -48,6 +50,7 @@ ROWS = (
     "live tiny.en + gate, LocalAgreement-2 only",
     "live tiny.en + gate (step 2 s)",
     "live tiny.en",
+    "live base + gate",
     "live base",
     "baseline tiny.en",
     "baseline base",
@@ -168,9 +171,9 @@ def _models(row: str):
         import faster_whisper
 
         return faster_whisper.WhisperModel(model_dir, compute_type="int8", cpu_threads=2), None
-    head = (
-        str(testkit.speech_head(cache, common.checkpoint("tiny"))) if name == "tiny.en" else False
-    )
+    backbone = "tiny" if name == "tiny.en" else "base"
+    with_head = name == "tiny.en" or "gate" in row  # "live base": base without a head
+    head = str(testkit.speech_head(cache, common.checkpoint(backbone))) if with_head else False
     return WhisperModel(model_dir, compute_type="int8", cpu_threads=2, at_head=head), head
 
 
@@ -301,6 +304,24 @@ def report_long(minutes: float):
           f"peak {result['peak_rss_mb']:.1f} MiB")
 
 
+def report_lookahead():
+    """One pass of base (+ gate) over the recording from the onset of the sentence after the
+    tone (117.7 s), ending 1.3 ... 21.3 s after it: how an utterance's first words are read
+    with more or less of what follows in the window (a live pass hears a few seconds)."""
+    from whisper_at.live.backends import PassOptions, run_pass
+
+    path, parts = recording()
+    audio = testkit.read_wav(path)
+    onset = next(a for a, _, kind, _ in parts if kind == "speech" and a > 110)
+    model, _ = _models("live base + gate")
+    begin = int((onset - 0.1) * RATE)
+    for after in (1.3, 2.3, 3.3, 5.3, 8.3, 13.3, 21.3):
+        result = run_pass(model, audio[begin : int((onset + after) * RATE)], "",
+                          PassOptions(at_speech_gate=0.5, language="en"))  # fmt: skip
+        text = " ".join(w.text.strip() for w in result.words)
+        print(f"{after:5.1f} s after the onset: {text[:80]}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default=";".join(ROWS), help="row names, separated by ;")
@@ -310,7 +331,12 @@ def main():
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: {' and '.join(QUICK)} on the first {QUICK_SECONDS} s")
     parser.add_argument("--seconds", type=float, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--lookahead", action="store_true",
+                        help="base: one utterance's first words, read with 1.3-21.3 s after them")
     args = parser.parse_args()
+    if args.lookahead:
+        report_lookahead()
+        return
     if args.minutes:
         report_long(args.minutes)
         return
