@@ -312,7 +312,7 @@ def report_lookahead():
 
     path, parts = recording()
     audio = testkit.read_wav(path)
-    onset = next(a for a, _, kind, _ in parts if kind == "speech" and a > 110)
+    onset = next(parts[i + 1][0] for i, part in enumerate(parts) if part[2] == "tone")
     model, _ = _models("live base + gate")
     begin = int((onset - 0.1) * RATE)
     for after in (1.3, 2.3, 3.3, 5.3, 8.3, 13.3, 21.3):
