@@ -1,7 +1,9 @@
 """Live captions (whisper_at.live) on a 3-minute recording fed a step at a time.
 
-The recording (espeak-ng speech in two voices, pauses, a plucked-string melody, white and pink
-noise, a 440 Hz tone; made once, cached) is fed a step (1 s; 2 s in one row) at a time, as a
+The recording (live_audio.py: espeak-ng speech in two voices, pauses, a plucked-string melody,
+white and pink noise, a 440 Hz tone; made once, cached; ``--recording held-out``: 5 minutes of
+40 sentences nothing else here has heard, in five voices, and LibriVox speech, between 1.5-6 s
+of the same sounds) is fed a step (1 s; 2 s in one row) at a time, as a
 virtual clock: each step's audio is fed when it has "arrived", whatever the compute took, so
 the run is deterministic in what it commits and runs as fast as the machine can. A word's
 *audio latency* is the stream time at which it is committed (the end of the step whose pass
@@ -21,13 +23,15 @@ beam 5, word timestamps, its no_speech_prob > 0.9 word filter). Each row runs in
 process (peak RSS).
 Columns: caption latency p50/p95; sound-event onset latency per non-speech block; WER of the
 committed text vs the same model's offline transcript (``transcribe`` of the whole file, same
-options) and vs the reference; words committed inside non-speech (more than 1 s after it
-starts); compute real-time factor; peak RSS; the longest buffer.
+options) and vs the reference; words committed inside non-speech (more than 1 s from both its
+ends: an utterance's first word timed a little early is not invented); compute real-time
+factor; peak RSS; the longest buffer.
 
-    python benchmarks/bench_live.py [--rows "NAME;NAME..."]
+    python benchmarks/bench_live.py [--rows "NAME;NAME..."] [--recording held-out]
     python benchmarks/bench_live.py --minutes 30
     python benchmarks/bench_live.py --quick    # smoke run: two rows on the first 30 s
     python benchmarks/bench_live.py --lookahead  # base: one sentence's start, more or less heard
+    python benchmarks/bench_live.py --shifts     # the offline WER after 0-2.3 s of silence
 
 ``--minutes N``: memory over a long stream instead: the recording fed over and over for N
 minutes of stream (the first row's settings, virtual clock), the process's resident memory
@@ -43,6 +47,7 @@ import time
 import common
 import numpy as np
 import testkit
+from live_audio import NAMES, recording
 
 RATE = common.SAMPLE_RATE
 ROWS = (
@@ -56,56 +61,8 @@ ROWS = (
     "baseline base",
 )
 STEP_SECONDS = {row: 2.0 if "step 2" in row else 1.0 for row in ROWS}
-INSIDE = 1.0  # s into a non-speech block after which a committed word counts as invented
+INSIDE = 1.0  # s from a non-speech block's ends beyond which a committed word is invented
 QUICK, QUICK_SECONDS = ("live tiny.en + gate", "baseline tiny.en"), 30
-
-
-# ------------------------------------------------------------------ the recording
-
-
-def recording() -> tuple:
-    """(path, parts): parts are (start, end, kind, text); cached under <cache>/bench-audio."""
-    directory = common.cache_dir() / "bench-audio" / "live"
-    directory.mkdir(parents=True, exist_ok=True)
-    path, parts_file = directory / "live.wav", directory / "live.json"
-    if path.is_file() and parts_file.is_file():
-        return path, [tuple(p) for p in json.loads(parts_file.read_text())]
-    pieces, parts, cursor = [], [], 0.0
-
-    def add(kind, audio, text=""):
-        nonlocal cursor
-        pieces.append(audio.astype(np.float32))
-        parts.append((round(cursor, 3), round(cursor + len(audio) / RATE, 3), kind, text))
-        cursor += len(audio) / RATE
-
-    def speech(sentences, voice, speed):
-        audio = []
-        for i, text in enumerate(sentences):
-            wav = testkit.espeak(text, directory / f"s{i}.wav", voice=voice, speed=speed)
-            audio += [testkit.read_wav(wav), np.zeros(RATE, np.float32)]
-        add("speech", np.concatenate(audio), " ".join(sentences))
-
-    def sound(kind, seconds, *effects):
-        add(kind, testkit.read_wav(testkit.synth(directory / "x.wav", seconds, *effects)))
-
-    s = testkit.SENTENCES
-    speech(s[0:4], "en-us", 140)
-    add("silence", np.zeros(4 * RATE))
-    melody = testkit.pluck_music(directory / "m.wav", common.ARPEGGIO, 0.25, 20)
-    add("music", testkit.read_wav(melody) * 0.5)
-    speech(s[4:8], "en-us", 140)
-    sound("white noise", 15, "whitenoise", "vol", "0.05")
-    speech(s[8:12], "en-gb", 150)
-    sound("tone", 15, "sine", "440", "vol", "0.3")
-    speech(s[0:4], "en-gb", 150)
-    sound("pink noise", 15, "pinknoise", "vol", "0.1")
-    speech(s[4:8], "en-us", 160)
-    add("silence", np.zeros(5 * RATE))
-    add("music", testkit.read_wav(melody)[: 10 * RATE] * 0.5)
-    testkit.write_wav(directory / "live.tmp.wav", np.concatenate(pieces))
-    (directory / "live.tmp.wav").replace(path)
-    parts_file.write_text(json.dumps(parts))
-    return path, parts
 
 
 # ------------------------------------------------------------------ the baseline
@@ -181,13 +138,13 @@ def _percentile(values, q):
     return float(np.percentile(values, q)) if values else None
 
 
-def run_row(row: str, seconds: float = 0) -> dict:
+def run_row(row: str, seconds: float = 0, name: str = "live") -> dict:
     """One row; ``seconds``: only the recording's first seconds (the speech blocks that end
-    before them are the reference)."""
+    before them are the reference); ``name``: the recording (live_audio.NAMES)."""
     from whisper_at.live import LiveTranscriber, Segment, Sound
     from whisper_at.research.noise import word_error_rate
 
-    path, parts = recording()
+    path, parts = recording(name)
     audio = testkit.read_wav(path)
     if seconds:
         audio = audio[: int(seconds * RATE)]
@@ -228,8 +185,8 @@ def run_row(row: str, seconds: float = 0) -> dict:
         options.update(at_speech_gate=gate)
     offline, _ = model.transcribe(audio, **options)
     offline = " ".join(s.text.strip() for s in offline)
-    invented = [w.text for _, _, w in committed for a, b, kind, _ in parts
-                if kind != "speech" and a + INSIDE <= (w.start + w.end) / 2 < b]  # fmt: skip
+    invented = [w.text for _, _, w in committed for a, b, kind, _ in parts if kind != "speech"
+                and a + INSIDE <= (w.start + w.end) / 2 < b - INSIDE]  # fmt: skip
     onsets = {}
     for a, b, kind, _ in parts:
         if kind in ("music", "white noise", "tone", "pink noise") and f"{kind}@{a}" not in onsets:
@@ -322,6 +279,39 @@ def report_lookahead():
         print(f"{after:5.1f} s after the onset: {text[:80]}")
 
 
+SHIFTS = (0.0, 0.3, 0.7, 1.1, 1.6, 2.3)  # s of silence before the recording (--shifts)
+
+
+def report_shifts():
+    """The offline WER (the rows' options: temperature 0, greedy, gate 0.5; and with the
+    temperature fallback) of each recording with SHIFTS s of silence before it: how much the
+    offline transcript a live row is compared with moves when its windows start elsewhere."""
+    from whisper_at.research.noise import word_error_rate
+
+    print(common.machine())
+    found = []
+    for row in ("live tiny.en + gate", "live base + gate"):
+        model, _ = _models(row)
+        for name in NAMES:
+            path, parts = recording(name)
+            audio = testkit.read_wav(path)
+            reference = " ".join(p[3] for p in parts if p[2] == "speech")
+            for label, temperature in (("0", 0.0), ("fallback", (0.0, 0.2, 0.4, 0.6, 0.8, 1.0))):
+                wers = []
+                for shift in SHIFTS:
+                    padded = np.concatenate([np.zeros(round(shift * RATE), np.float32), audio])
+                    segments, _ = model.transcribe(padded, language="en", beam_size=1,
+                                                   temperature=temperature, at_speech_gate=0.5)
+                    text = " ".join(s.text.strip() for s in segments)
+                    wers.append(round(word_error_rate([reference], [text]), 3))
+                found.append([row.split()[1], name, label, " ".join(map(str, wers)),
+                              float(np.median(wers))])  # fmt: skip
+                print(json.dumps(found[-1]), file=sys.stderr, flush=True)
+    print(f"\noffline WER vs the reference, the recording after {', '.join(map(str, SHIFTS))} s "
+          "of silence\n")
+    print(common.table(["model", "recording", "temperature", "WER per shift", "median"], found))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default=";".join(ROWS), help="row names, separated by ;")
@@ -331,9 +321,17 @@ def main():
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: {' and '.join(QUICK)} on the first {QUICK_SECONDS} s")
     parser.add_argument("--seconds", type=float, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--recording", default="live", choices=NAMES,
+                        help="live: the 3-minute recording; held-out: 5 minutes of sentences "
+                             "nothing else has heard, with LibriVox speech (live_audio.py)")
+    parser.add_argument("--shifts", action="store_true",
+                        help="the offline WER of each recording after 0-2.3 s of silence")
     parser.add_argument("--lookahead", action="store_true",
                         help="base: one utterance's first words, read with 1.3-21.3 s after them")
     args = parser.parse_args()
+    if args.shifts:
+        report_shifts()
+        return
     if args.lookahead:
         report_lookahead()
         return
@@ -341,14 +339,15 @@ def main():
         report_long(args.minutes)
         return
     if args.child:
-        print(json.dumps(run_row(args.child, args.seconds)))
+        print(json.dumps(run_row(args.child, args.seconds, args.recording)))
         return
-    recording()
+    recording(args.recording)
     results = []
     rows, seconds = (QUICK, QUICK_SECONDS) if args.quick else (args.rows.split(";"), 0)
     for row in rows:
-        proc = subprocess.run([sys.executable, __file__, "--child", row, "--seconds",
-                               str(seconds)], capture_output=True, text=True)  # fmt: skip
+        cmd = [sys.executable, __file__, "--child", row, "--seconds", str(seconds),
+               "--recording", args.recording]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"{row}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
             continue
@@ -357,7 +356,7 @@ def main():
     print(common.machine())
     if not results:
         sys.exit("every row failed")
-    print(f"recording: {results[0]['duration']:.1f} s; CPU, 2 threads, int8\n")
+    print(f"recording {args.recording}: {results[0]['duration']:.1f} s; CPU, 2 threads, int8\n")
     print(common.table(
         ["row", "audio latency p50 / p95 (s)", "+ its pass p50 / p95 (s)", "pass p50 / p95 (s)",
          "WER vs offline", "WER vs reference", "offline WER vs reference",
