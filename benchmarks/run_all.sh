@@ -23,3 +23,5 @@ run transformers_beams5 bench_transformers.py --threads 1 --repeats 3 --num_beam
 run backends bench_backends.py --repeats 3  # whisperX rows need .venv-whisperx (tests/install.sh)
 run live bench_live.py  # ~20 min
 run live_30min bench_live.py --minutes 30  # ~25 min
+run live_held_out bench_live.py --recording held-out --rows "live tiny.en + gate;live base + gate;baseline tiny.en;baseline base"  # ~35 min
+run live_shifts bench_live.py --shifts  # ~12 min
