@@ -3,9 +3,9 @@
 The recording (live_audio.py: espeak-ng speech in two voices, pauses, a plucked-string melody,
 white and pink noise, a 440 Hz tone; made once, cached; ``--recording held-out``: 5 minutes of
 40 sentences nothing else here has heard, in five voices, and LibriVox speech, between 1.5-6 s
-of the same sounds) is fed a step (1 s; 2 s in one row) at a time, as a
-virtual clock: each step's audio is fed when it has "arrived", whatever the compute took, so
-the run is deterministic in what it commits and runs as fast as the machine can. A word's
+of the same sounds) is fed a step (1 s; 2 s in one row) at a time, as a virtual clock: each
+step's audio is fed when it has "arrived", whatever the compute took, so the run is
+deterministic in what it commits and runs as fast as the machine can. A word's
 *audio latency* is the stream time at which it is committed (the end of the step whose pass
 commits it) minus its end in the audio (the committed word's own timestamp): the policy's
 latency on a machine that keeps up; *+ its pass* adds that pass's measured compute time (the
@@ -134,6 +134,15 @@ def _models(row: str):
     return WhisperModel(model_dir, compute_type="int8", cpu_threads=2, at_head=head), head
 
 
+def _offline_options(row: str) -> dict:
+    """The options of a row's offline transcript: its own decoding, the whole file at once."""
+    options = dict(language="en", beam_size=5 if row.startswith("baseline") else 1,
+                   temperature=0.0)  # fmt: skip
+    if "gate" in row:
+        options.update(at_speech_gate=0.5)
+    return options
+
+
 def _percentile(values, q):
     return float(np.percentile(values, q)) if values else None
 
@@ -179,11 +188,7 @@ def run_row(row: str, seconds: float = 0, name: str = "live") -> dict:
     latency = [fed + spent - w.end for fed, spent, w in committed]
     text = " ".join(w.text.strip() for _, _, w in committed)
     reference = " ".join(p[3] for p in parts if p[2] == "speech")
-    options = dict(language="en", beam_size=5 if row.startswith("baseline") else 1,
-                   temperature=0.0)  # fmt: skip
-    if gate is not None:
-        options.update(at_speech_gate=gate)
-    offline, _ = model.transcribe(audio, **options)
+    offline, _ = model.transcribe(audio, **_offline_options(row))
     offline = " ".join(s.text.strip() for s in offline)
     invented = [w.text for _, _, w in committed for a, b, kind, _ in parts if kind != "speech"
                 and a + INSIDE <= (w.start + w.end) / 2 < b - INSIDE]  # fmt: skip
@@ -300,8 +305,8 @@ def report_shifts():
                 wers = []
                 for shift in SHIFTS:
                     padded = np.concatenate([np.zeros(round(shift * RATE), np.float32), audio])
-                    segments, _ = model.transcribe(padded, language="en", beam_size=1,
-                                                   temperature=temperature, at_speech_gate=0.5)
+                    options = dict(_offline_options(row), temperature=temperature)
+                    segments, _ = model.transcribe(padded, **options)
                     text = " ".join(s.text.strip() for s in segments)
                     wers.append(round(word_error_rate([reference], [text]), 3))
                 found.append([row.split()[1], name, label, " ".join(map(str, wers)),

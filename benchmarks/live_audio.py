@@ -64,6 +64,10 @@ HELD_OUT = [
 HELD_OUT_VOICES = [("en-us", 140), ("en-gb", 150), ("en-us+f3", 150), ("en-gb+m3", 160),
                    ("en-us+m5", 145)]  # fmt: skip
 
+# kind -> its sox synth effects
+SOUNDS = {"white noise": ("whitenoise", "vol", "0.05"), "tone": ("sine", "440", "vol", "0.3"),
+          "pink noise": ("pinknoise", "vol", "0.1")}  # fmt: skip
+
 Part = Tuple[float, float, str, str]
 
 
@@ -86,8 +90,8 @@ class _Tape:
             audio += [testkit.read_wav(wav), np.zeros(RATE, np.float32)]
         self.add("speech", np.concatenate(audio), " ".join(sentences))
 
-    def sound(self, kind: str, seconds: float, *effects: str):
-        wav = testkit.synth(self.directory / "x.wav", seconds, *effects)
+    def sound(self, kind: str, seconds: float):
+        wav = testkit.synth(self.directory / "x.wav", seconds, *SOUNDS[kind])
         self.add(kind, testkit.read_wav(wav))
 
     def silence(self, seconds: float):
@@ -100,11 +104,11 @@ def _live(tape: _Tape, melody):
     tape.silence(4)
     tape.add("music", melody)
     tape.speech(s[4:8], "en-us", 140, "s")
-    tape.sound("white noise", 15, "whitenoise", "vol", "0.05")
+    tape.sound("white noise", 15)
     tape.speech(s[8:12], "en-gb", 150, "s")
-    tape.sound("tone", 15, "sine", "440", "vol", "0.3")
+    tape.sound("tone", 15)
     tape.speech(s[0:4], "en-gb", 150, "s")
-    tape.sound("pink noise", 15, "pinknoise", "vol", "0.1")
+    tape.sound("pink noise", 15)
     tape.speech(s[4:8], "en-us", 160, "s")
     tape.silence(5)
     tape.add("music", melody[: 10 * RATE])
@@ -114,10 +118,8 @@ def _held_out(tape: _Tape, melody):
     import gate_sweep
 
     between = [lambda: tape.silence(3), lambda: tape.add("music", melody[: 6 * RATE]),
-               lambda: tape.sound("white noise", 5, "whitenoise", "vol", "0.05"),
-               lambda: tape.sound("tone", 5, "sine", "440", "vol", "0.3"),
-               lambda: tape.sound("pink noise", 5, "pinknoise", "vol", "0.1"),
-               lambda: tape.silence(1.5)]  # fmt: skip
+               lambda: tape.sound("white noise", 5), lambda: tape.sound("tone", 5),
+               lambda: tape.sound("pink noise", 5), lambda: tape.silence(1.5)]  # fmt: skip
     for block in range(len(HELD_OUT) // 2):
         voice, speed = HELD_OUT_VOICES[block % len(HELD_OUT_VOICES)]
         tape.speech(HELD_OUT[2 * block : 2 * block + 2], voice, speed, f"h{block}_")
