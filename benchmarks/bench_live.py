@@ -17,10 +17,11 @@ Rows: whisper_at.live (faster-whisper backend, int8) with tiny.en and the speech
 train (with and without the speech gate), base with the speech head trained the same way on
 base (and the gate) and base without a head (no tags, no gate); the row
 "LocalAgreement-2 only": the published policy alone (``commit_pause=None``,
-``agreement_history=1``); the baseline: whisper_streaming's policy over plain faster-whisper,
-written here (LocalAgreement-2, ``segment`` buffer trimming at 15 s, 200-character prompt,
-beam 5, word timestamps, its no_speech_prob > 0.9 word filter). Each row runs in its own
-process (peak RSS).
+``agreement_history=1``); the rows "3 beams": ``beam_size=3`` in every pass and in the
+offline transcript they are compared with (run apart, with ``--rows``); the baseline:
+whisper_streaming's policy over plain faster-whisper, written here (LocalAgreement-2,
+``segment`` buffer trimming at 15 s, 200-character prompt, beam 5, word timestamps, its
+no_speech_prob > 0.9 word filter). Each row runs in its own process (peak RSS).
 Columns: caption latency p50/p95; sound-event onset latency per non-speech block; WER of the
 committed text vs the same model's offline transcript (``transcribe`` of the whole file, same
 options) and vs the reference; words committed inside non-speech (more than 1 s from both its
@@ -55,13 +56,17 @@ ROWS = (
     "live tiny.en + gate, LocalAgreement-2 only",
     "live tiny.en + gate (step 2 s)",
     "live tiny.en",
+    "live tiny.en + gate, 3 beams",
     "live base + gate",
+    "live base + gate, 3 beams",
     "live base",
     "baseline tiny.en",
     "baseline base",
 )
 STEP_SECONDS = {row: 2.0 if "step 2" in row else 1.0 for row in ROWS}
 INSIDE = 1.0  # s from a non-speech block's ends beyond which a committed word is invented
+BEAM_ROWS = tuple(row for row in ROWS if "3 beams" in row)  # not in the default run
+BEAMS = {row: 3 if "3 beams" in row else 5 if row.startswith("baseline") else 1 for row in ROWS}
 QUICK, QUICK_SECONDS = ("live tiny.en + gate", "baseline tiny.en"), 30
 
 
@@ -136,8 +141,7 @@ def _models(row: str):
 
 def _offline_options(row: str) -> dict:
     """The options of a row's offline transcript: its own decoding, the whole file at once."""
-    options = dict(language="en", beam_size=5 if row.startswith("baseline") else 1,
-                   temperature=0.0)  # fmt: skip
+    options = dict(language="en", beam_size=BEAMS[row], temperature=0.0)
     if "gate" in row:
         options.update(at_speech_gate=0.5)
     return options
@@ -162,7 +166,7 @@ def run_row(row: str, seconds: float = 0, name: str = "live") -> dict:
     model, head = _models(row)
     gate = 0.5 if "gate" in row else None
     live = Baseline(model) if row.startswith("baseline") else LiveTranscriber(
-        model, STEP_SECONDS[row], language="en", at_speech_gate=gate,
+        model, STEP_SECONDS[row], language="en", at_speech_gate=gate, beam_size=BEAMS[row],
         **(dict(commit_pause=None, agreement_history=1) if "only" in row else {}))  # fmt: skip
     compute, committed, sounds, passes, buffer_max = 0.0, [], [], [], 0
     step, baseline = int(STEP_SECONDS[row] * RATE), row.startswith("baseline")
@@ -319,7 +323,8 @@ def report_shifts():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default=";".join(ROWS), help="row names, separated by ;")
+    parser.add_argument("--rows", default=";".join(r for r in ROWS if r not in BEAM_ROWS),
+                        help=f"row names, separated by ; (of: {' | '.join(ROWS)})")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--minutes", type=float, default=None,
                         help="measure memory over this many minutes of stream instead")
@@ -346,9 +351,12 @@ def main():
     if args.child:
         print(json.dumps(run_row(args.child, args.seconds, args.recording)))
         return
+    rows, seconds = (QUICK, QUICK_SECONDS) if args.quick else (args.rows.split(";"), 0)
+    unknown = [row for row in rows if row not in ROWS]
+    if unknown:
+        parser.error(f"unknown row(s) {unknown}: expected some of {list(ROWS)}")
     recording(args.recording)
     results = []
-    rows, seconds = (QUICK, QUICK_SECONDS) if args.quick else (args.rows.split(";"), 0)
     for row in rows:
         cmd = [sys.executable, __file__, "--child", row, "--seconds", str(seconds),
                "--recording", args.recording]  # fmt: skip

@@ -24,4 +24,6 @@ run backends bench_backends.py --repeats 3  # whisperX rows need .venv-whisperx 
 run live bench_live.py  # ~20 min
 run live_30min bench_live.py --minutes 30  # ~25 min
 run live_held_out bench_live.py --recording held-out --rows "live tiny.en + gate;live base + gate;baseline tiny.en;baseline base"  # ~35 min
+run live_beams bench_live.py --rows "live tiny.en + gate, 3 beams;live base + gate, 3 beams"  # ~10 min
+run live_beams_held_out bench_live.py --recording held-out --rows "live tiny.en + gate, 3 beams;live base + gate, 3 beams"  # ~15 min
 run live_shifts bench_live.py --shifts  # ~12 min
