@@ -33,6 +33,7 @@ factor; peak RSS; the longest buffer.
     python benchmarks/bench_live.py --quick    # smoke run: two rows on the first 30 s
     python benchmarks/bench_live.py --lookahead  # base: one sentence's start, more or less heard
     python benchmarks/bench_live.py --shifts     # the offline WER after 0-2.3 s of silence
+    python benchmarks/bench_live.py --live-shifts --rows "live tiny.en + gate"  # live, too
 
 ``--minutes N``: memory over a long stream instead: the recording fed over and over for N
 minutes of stream (the first row's settings, virtual clock), the process's resident memory
@@ -151,9 +152,10 @@ def _percentile(values, q):
     return float(np.percentile(values, q)) if values else None
 
 
-def run_row(row: str, seconds: float = 0, name: str = "live") -> dict:
+def run_row(row: str, seconds: float = 0, name: str = "live", shift: float = 0) -> dict:
     """One row; ``seconds``: only the recording's first seconds (the speech blocks that end
-    before them are the reference); ``name``: the recording (live_audio.NAMES)."""
+    before them are the reference); ``name``: the recording (live_audio.NAMES); ``shift``: s
+    of silence before it."""
     from whisper_at.live import LiveTranscriber, Segment, Sound
     from whisper_at.research.noise import word_error_rate
 
@@ -163,6 +165,10 @@ def run_row(row: str, seconds: float = 0, name: str = "live") -> dict:
         audio = audio[: int(seconds * RATE)]
         parts = [(a, min(b, seconds), kind, text) for a, b, kind, text in parts
                  if a < seconds and (kind != "speech" or b <= seconds)]  # fmt: skip
+    if shift:
+        audio = np.concatenate([np.zeros(round(shift * RATE), np.float32), audio])
+        parts = [(0.0, shift, "silence", "")] + [(a + shift, b + shift, kind, text)
+                                                 for a, b, kind, text in parts]  # fmt: skip
     model, head = _models(row)
     gate = 0.5 if "gate" in row else None
     live = Baseline(model) if row.startswith("baseline") else LiveTranscriber(
@@ -321,6 +327,41 @@ def report_shifts():
     print(common.table(["model", "recording", "temperature", "WER per shift", "median"], found))
 
 
+def report_live_shifts(rows, name: str):
+    """Each row live and offline after each of SHIFTS s of silence (a child per run): WERs vs
+    the reference, their medians and the ratio of the medians, which one draw of the offline
+    windows does not sway."""
+    found = []
+    for row in rows:
+        runs = []
+        for shift in SHIFTS:
+            runs.append(_child(row, 0, name, shift))
+            print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+        live = [r["wer_vs_reference"] for r in runs]
+        offline = [r["offline_wer_vs_reference"] for r in runs]
+        found.append([row, " ".join(f"{w:.3f}" for w in live), f"{np.median(live):.3f}",
+                      " ".join(f"{w:.3f}" for w in offline), f"{np.median(offline):.3f}",
+                      f"{np.median(live) / np.median(offline):.2f}",
+                      f"{max(r['audio_latency_p95'] for r in runs):.2f}",
+                      sum(len(r["invented"]) for r in runs)])  # fmt: skip
+    print(common.machine())
+    print(f"recording {name} after {', '.join(map(str, SHIFTS))} s of silence; "
+          "WER vs the reference\n")
+    print(common.table(["row", "live WER per shift", "median", "offline WER per shift", "median",
+                        "live / offline (medians)", "worst audio latency p95 (s)",
+                        "words in non-speech (all runs)"], found))  # fmt: skip
+
+
+def _child(row: str, seconds: float, name: str, shift: float = 0) -> dict:
+    """run_row in a process of its own (its peak RSS); raises with the child's error."""
+    cmd = [sys.executable, __file__, "--child", row, "--seconds", str(seconds),
+           "--recording", name, "--shift", str(shift)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{row}: failed\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default=";".join(r for r in ROWS if r not in BEAM_ROWS),
@@ -336,6 +377,9 @@ def main():
                              "nothing else has heard, with LibriVox speech (live_audio.py)")
     parser.add_argument("--shifts", action="store_true",
                         help="the offline WER of each recording after 0-2.3 s of silence")
+    parser.add_argument("--live-shifts", action="store_true",
+                        help="--rows live and offline after 0-2.3 s of silence: medians, ratio")
+    parser.add_argument("--shift", type=float, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--lookahead", action="store_true",
                         help="base: one utterance's first words, read with 1.3-21.3 s after them")
     args = parser.parse_args()
@@ -349,22 +393,23 @@ def main():
         report_long(args.minutes)
         return
     if args.child:
-        print(json.dumps(run_row(args.child, args.seconds, args.recording)))
+        print(json.dumps(run_row(args.child, args.seconds, args.recording, args.shift)))
         return
     rows, seconds = (QUICK, QUICK_SECONDS) if args.quick else (args.rows.split(";"), 0)
     unknown = [row for row in rows if row not in ROWS]
     if unknown:
         parser.error(f"unknown row(s) {unknown}: expected some of {list(ROWS)}")
     recording(args.recording)
+    if args.live_shifts:
+        report_live_shifts(rows, args.recording)
+        return
     results = []
     for row in rows:
-        cmd = [sys.executable, __file__, "--child", row, "--seconds", str(seconds),
-               "--recording", args.recording]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(f"{row}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
+        try:
+            results.append(_child(row, seconds, args.recording))
+        except RuntimeError as error:
+            print(error, file=sys.stderr)
             continue
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     print(common.machine())
     if not results:

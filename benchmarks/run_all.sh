@@ -27,3 +27,5 @@ run live_held_out bench_live.py --recording held-out --rows "live tiny.en + gate
 run live_beams bench_live.py --rows "live tiny.en + gate, 3 beams;live base + gate, 3 beams"  # ~10 min
 run live_beams_held_out bench_live.py --recording held-out --rows "live tiny.en + gate, 3 beams;live base + gate, 3 beams"  # ~15 min
 run live_shifts bench_live.py --shifts  # ~12 min
+run live_shifts_tiny bench_live.py --live-shifts --rows "live tiny.en + gate"  # ~12 min
+run live_shifts_tiny_held_out bench_live.py --live-shifts --recording held-out --rows "live tiny.en + gate"  # ~20 min
