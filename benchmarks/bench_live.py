@@ -148,6 +148,11 @@ def _offline_options(row: str) -> dict:
     return options
 
 
+def _after_silence(audio: np.ndarray, shift: float) -> np.ndarray:
+    """``audio`` after ``shift`` s of silence (where the passes' and windows' starts fall)."""
+    return np.concatenate([np.zeros(round(shift * RATE), np.float32), audio])
+
+
 def _percentile(values, q):
     return float(np.percentile(values, q)) if values else None
 
@@ -166,7 +171,7 @@ def run_row(row: str, seconds: float = 0, name: str = "live", shift: float = 0) 
         parts = [(a, min(b, seconds), kind, text) for a, b, kind, text in parts
                  if a < seconds and (kind != "speech" or b <= seconds)]  # fmt: skip
     if shift:
-        audio = np.concatenate([np.zeros(round(shift * RATE), np.float32), audio])
+        audio = _after_silence(audio, shift)
         parts = [(0.0, shift, "silence", "")] + [(a + shift, b + shift, kind, text)
                                                  for a, b, kind, text in parts]  # fmt: skip
     model, head = _models(row)
@@ -314,9 +319,8 @@ def report_shifts():
             for label, temperature in (("0", 0.0), ("fallback", (0.0, 0.2, 0.4, 0.6, 0.8, 1.0))):
                 wers = []
                 for shift in SHIFTS:
-                    padded = np.concatenate([np.zeros(round(shift * RATE), np.float32), audio])
                     options = dict(_offline_options(row), temperature=temperature)
-                    segments, _ = model.transcribe(padded, **options)
+                    segments, _ = model.transcribe(_after_silence(audio, shift), **options)
                     text = " ".join(s.text.strip() for s in segments)
                     wers.append(round(word_error_rate([reference], [text]), 3))
                 found.append([row.split()[1], name, label, " ".join(map(str, wers)),
@@ -327,15 +331,15 @@ def report_shifts():
     print(common.table(["model", "recording", "temperature", "WER per shift", "median"], found))
 
 
-def report_live_shifts(rows, name: str):
-    """Each row live and offline after each of SHIFTS s of silence (a child per run): WERs vs
-    the reference, their medians and the ratio of the medians, which one draw of the offline
-    windows does not sway."""
+def report_live_shifts(rows, name: str, seconds: float = 0):
+    """Each row live and offline after each of SHIFTS s of silence (a child per run; ``seconds``
+    as for run_row): WERs vs the reference, their medians and the ratio of the medians, which
+    one draw of the offline windows does not sway."""
     found = []
     for row in rows:
         runs = []
         for shift in SHIFTS:
-            runs.append(_child(row, 0, name, shift))
+            runs.append(_child(row, seconds, name, shift))
             print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
         live = [r["wer_vs_reference"] for r in runs]
         offline = [r["offline_wer_vs_reference"] for r in runs]
@@ -401,7 +405,7 @@ def main():
         parser.error(f"unknown row(s) {unknown}: expected some of {list(ROWS)}")
     recording(args.recording)
     if args.live_shifts:
-        report_live_shifts(rows, args.recording)
+        report_live_shifts(rows, args.recording, seconds)
         return
     results = []
     for row in rows:
