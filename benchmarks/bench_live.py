@@ -30,7 +30,7 @@ factor; peak RSS; the longest buffer.
 
     python benchmarks/bench_live.py [--rows "NAME;NAME..."] [--recording held-out]
     python benchmarks/bench_live.py --minutes 30
-    python benchmarks/bench_live.py --quick    # smoke run: two rows on the first 30 s
+    python benchmarks/bench_live.py --quick    # smoke run: two rows (or --rows) on 30 s
     python benchmarks/bench_live.py --lookahead  # base: one sentence's start, more or less heard
     python benchmarks/bench_live.py --shifts     # the offline WER after 0-2.3 s of silence
     python benchmarks/bench_live.py --live-shifts --rows "live tiny.en + gate"  # live, too
@@ -368,13 +368,14 @@ def _child(row: str, seconds: float, name: str, shift: float = 0) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default=";".join(r for r in ROWS if r not in BEAM_ROWS),
-                        help=f"row names, separated by ; (of: {' | '.join(ROWS)})")
+    parser.add_argument("--rows", default=None,
+                        help=f"row names, separated by ; (of: {' | '.join(ROWS)}; default: all "
+                             f"but the 3-beam rows, with --quick: {' and '.join(QUICK)})")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--minutes", type=float, default=None,
                         help="measure memory over this many minutes of stream instead")
     parser.add_argument("--quick", action="store_true",
-                        help=f"smoke run: {' and '.join(QUICK)} on the first {QUICK_SECONDS} s")
+                        help=f"smoke run: the first {QUICK_SECONDS} s")
     parser.add_argument("--seconds", type=float, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--recording", default="live", choices=NAMES,
                         help="live: the 3-minute recording; held-out: 5 minutes of sentences "
@@ -399,7 +400,9 @@ def main():
     if args.child:
         print(json.dumps(run_row(args.child, args.seconds, args.recording, args.shift)))
         return
-    rows, seconds = (QUICK, QUICK_SECONDS) if args.quick else (args.rows.split(";"), 0)
+    default = QUICK if args.quick else [r for r in ROWS if r not in BEAM_ROWS]
+    rows = args.rows.split(";") if args.rows else list(default)
+    seconds = QUICK_SECONDS if args.quick else 0
     unknown = [row for row in rows if row not in ROWS]
     if unknown:
         parser.error(f"unknown row(s) {unknown}: expected some of {list(ROWS)}")

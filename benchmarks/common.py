@@ -14,6 +14,8 @@ plain openai-whisper's memory never loads whisper_at.
 """
 
 import argparse
+import hashlib
+import inspect
 import json
 import os
 import platform
@@ -69,6 +71,15 @@ ARPEGGIO = [
 def cache_dir() -> Path:
     """The weights/audio cache shared with the test suite."""
     return testkit.cache_dir()
+
+
+def recipe_hash(functions: Sequence[Callable], constants: object) -> str:
+    """A short hash of the code and constants that make a cached file: a new recipe, a new name."""
+    digest = hashlib.sha256()
+    for fn in functions:
+        digest.update(inspect.getsource(fn).encode())
+    digest.update(repr(constants).encode())
+    return digest.hexdigest()[:12]
 
 
 def checkpoint(model: str) -> Path:

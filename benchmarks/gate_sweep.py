@@ -12,8 +12,6 @@ pinned). Files are cached under <cache>/bench-audio/gate-sweep/<recipe hash>/ wi
 their true speech times beside each.
 """
 
-import hashlib
-import inspect
 import json
 import os
 import shutil
@@ -88,7 +86,9 @@ def recorded_dir(cache: Path) -> Path:
     return dest
 
 
-def _recorded_pieces(cache: Path, ids: Sequence[str]) -> List[Piece]:
+def recorded_pieces(cache: Path, ids: Sequence[str]) -> List[Piece]:
+    """The LibriVox utterances ``ids`` (RECORDED) as pieces: (audio, speech start s, speech end
+    s, text)."""
     folder, pieces = recorded_dir(cache), []
     for uid in ids:
         marks = [float(line.split()[0]) for line in (folder / f"{uid}.lab").read_text().split("\n")
@@ -114,7 +114,7 @@ def _espeak_pieces(work: Path, voice: str, sentences: Sequence[str]) -> List[Pie
 def speech_source(name: str, cache: Path, work: Path) -> Tuple[List[Piece], List[Piece], float]:
     """(pieces of speech A, pieces of speech B, gap s) of a source name (SOURCES)."""
     if name == "librivox":
-        return (_recorded_pieces(cache, RECORDED["a"]), _recorded_pieces(cache, RECORDED["b"]),
+        return (recorded_pieces(cache, RECORDED["a"]), recorded_pieces(cache, RECORDED["b"]),
                 RECORDED_GAP)
     work.mkdir(parents=True, exist_ok=True)
     return (_espeak_pieces(work, name, testkit.SENTENCES[0:4]),
@@ -170,13 +170,12 @@ def _stretched(pieces: List[Piece], gap: float, lead: int, end_at: float) -> Lis
 
 def recipe_key() -> str:
     """Hash of the code and constants that make the files (a new recipe, a new folder)."""
-    digest = hashlib.sha256()
-    for fn in (recorded_dir, _recorded_pieces, _espeak_pieces, speech_source, non_speech, _lay,
-               _stretched, build, build_alone, testkit.espeak, testkit.synth, testkit.pluck_music):
-        digest.update(inspect.getsource(fn).encode())
-    digest.update(repr((ROW, NON_SPEECH, ESPEAK_GAP, RECORDED_GAP, RECORDED,
-                        testkit.SENTENCES[:8], common.ARPEGGIO)).encode())
-    return digest.hexdigest()[:12]
+    return common.recipe_hash(
+        (recorded_dir, recorded_pieces, _espeak_pieces, speech_source, non_speech, _lay,
+         _stretched, build, build_alone, testkit.sox, testkit.espeak, testkit.synth,
+         testkit.pluck_music),
+        (ROW, NON_SPEECH, ESPEAK_GAP, RECORDED_GAP, RECORDED, testkit.SENTENCES[:8],
+         common.ARPEGGIO))  # fmt: skip
 
 
 def folder() -> Path:

@@ -1,4 +1,5 @@
-"""The recordings bench_live.py streams, made once and cached under <cache>/bench-audio.
+"""The recordings bench_live.py streams, made once and cached under
+<cache>/bench-audio/<name>-<recipe hash>.
 
 * ``live`` (188 s): testkit.SENTENCES in blocks of four (two espeak-ng voices), between them
   silence, a plucked-string melody, white and pink noise and a 440 Hz tone of 4-20 s.
@@ -126,17 +127,30 @@ def _held_out(tape: _Tape, melody):
         between[block % len(between)]()
         if block == 9:
             ids = gate_sweep.RECORDED["a"] + gate_sweep.RECORDED["b"]
-            recorded = gate_sweep._recorded_pieces(common.cache_dir(), ids)
+            recorded = gate_sweep.recorded_pieces(common.cache_dir(), ids)
             tape.add("speech", np.concatenate([p[0] for p in recorded]),
                      " ".join(p[3] for p in recorded))  # fmt: skip
             tape.add("music", melody[: 6 * RATE])
+
+
+def recipe_key(name: str) -> str:
+    """Hash of the code and constants that make recording ``name``: a new recipe, a new folder."""
+    import gate_sweep
+
+    functions = [_Tape, _live if name == "live" else _held_out, recording, testkit.sox,
+                 testkit.espeak, testkit.synth, testkit.pluck_music, testkit.write_wav]  # fmt: skip
+    constants = [SOUNDS, common.ARPEGGIO, testkit.SENTENCES]
+    if name == "held-out":
+        functions.append(gate_sweep.recorded_pieces)
+        constants += [HELD_OUT, HELD_OUT_VOICES, gate_sweep.RECORDED]
+    return common.recipe_hash(functions, constants)
 
 
 def recording(name: str = "live") -> Tuple[Path, List[Part]]:
     """(path, parts) of the recording ``name`` (NAMES)."""
     if name not in NAMES:
         raise ValueError(f"unknown recording {name!r}: expected one of {', '.join(NAMES)}")
-    directory = common.cache_dir() / "bench-audio" / name
+    directory = common.cache_dir() / "bench-audio" / f"{name}-{recipe_key(name)}"
     directory.mkdir(parents=True, exist_ok=True)
     path, parts_file = directory / f"{name}.wav", directory / f"{name}.json"
     if path.is_file() and parts_file.is_file():
@@ -144,7 +158,9 @@ def recording(name: str = "live") -> Tuple[Path, List[Part]]:
     melody = testkit.read_wav(testkit.pluck_music(directory / "m.wav", common.ARPEGGIO, 0.25, 20))
     tape = _Tape(directory)
     (_live if name == "live" else _held_out)(tape, melody * 0.5)
-    testkit.write_wav(directory / f"{name}.tmp.wav", np.concatenate(tape.pieces))
-    (directory / f"{name}.tmp.wav").replace(path)
-    parts_file.write_text(json.dumps(tape.parts))
+    for done, write in ((path, lambda tmp: testkit.write_wav(tmp, np.concatenate(tape.pieces))),
+                        (parts_file, lambda tmp: tmp.write_text(json.dumps(tape.parts)))):
+        tmp = done.with_suffix(".tmp" + done.suffix)
+        write(tmp)
+        tmp.replace(done)  # whole, or not there: a run cut short makes it again
     return path, tape.parts

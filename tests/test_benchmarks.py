@@ -1,4 +1,5 @@
-"""Smoke test: every benchmark script runs in --quick mode (tiny.en, 5 s) and prints its summary."""
+"""Smoke test: every benchmark script runs in --quick mode (tiny.en, 5 s) and prints its summary;
+the audio the benchmarks make is the same each time it is made."""
 
 import os
 import re
@@ -43,3 +44,21 @@ def test_live_benchmark_quick(tiny_en_pt, ct2_tiny_en_dir, speech_head_file):
     assert found, last
     p50, p95, wer, invented, _ = (float(v) for v in found.groups())
     assert 0 < p50 <= p95 and wer <= 0.15 and invented == 0, last
+
+
+def test_made_audio_is_the_same_each_time(tmp_path):
+    """The speech, melody and noise the tests and benchmarks make are the same samples when made
+    again (sox dithers and plucks at random unless repeatable): a recording rebuilt in a new
+    cache gives the benchmarks the audio they were measured on."""
+    import testkit
+
+    def made(folder):
+        folder.mkdir()
+        return [path.read_bytes() for path in (
+            testkit.espeak("Please call Stella.", folder / "speech.wav"),
+            testkit.pluck_music(folder / "melody.wav", ["A2", "E3"], 0.25, 2),
+            testkit.synth(folder / "noise.wav", 1, "pinknoise", "vol", "0.1"))]  # fmt: skip
+
+    first, again = made(tmp_path / "a"), made(tmp_path / "b")
+    assert all(len(a) > 16000 for a in first)
+    assert first == again

@@ -335,8 +335,10 @@ CLIP_SECONDS = 10
 RATE = 16000
 
 
-def _sox(*args: str) -> None:
-    proc = subprocess.run(["sox", *args], capture_output=True, text=True)
+def sox(*args: str) -> None:
+    """sox in its repeatable mode (-R): the same dither and noise every run, so audio made
+    again is the same audio."""
+    proc = subprocess.run(["sox", "-R", *args], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"$ sox {' '.join(args)}\n{proc.stderr[-2000:]}")
 
@@ -372,15 +374,14 @@ def espeak(text: str, path: Path, voice: str = "en-us", speed: int = 140, pitch:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"$ {' '.join(cmd)}\n{proc.stderr[-2000:]}")
-    _sox(str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(path))
+    sox(str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(path))
     raw.unlink()
     return path
 
 
 def synth(path: Path, seconds: float, *effects: str) -> Path:
     """``sox -n <path> synth <seconds> <effects...>`` at 16 kHz mono (seeded: repeatable)."""
-    _sox("-R", "-n", "-r", str(RATE), "-c", "1", "-b", "16", str(path), "synth", f"{seconds:g}",
-         *effects)
+    sox("-n", "-r", str(RATE), "-c", "1", "-b", "16", str(path), "synth", f"{seconds:g}", *effects)
     return path
 
 
@@ -390,9 +391,9 @@ def pluck_music(path: Path, notes: Sequence[str], note_seconds: float, seconds: 
     for i, note in enumerate(notes):
         chain += [":"] * bool(i) + ["synth", f"{note_seconds:g}", "pluck", note]
     once = path.with_suffix(".once.wav")
-    _sox("-n", "-r", str(RATE), "-c", "1", "-b", "16", str(once), *chain)
+    sox("-n", "-r", str(RATE), "-c", "1", "-b", "16", str(once), *chain)
     repeats = int(seconds / (note_seconds * len(notes))) + 1
-    _sox(str(once), str(path), "repeat", str(repeats), "trim", "0", f"{seconds:g}")
+    sox(str(once), str(path), "repeat", str(repeats), "trim", "0", f"{seconds:g}")
     once.unlink()
     return path
 
