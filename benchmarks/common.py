@@ -153,9 +153,11 @@ def wav_seconds(path: Path) -> float:
         return w.getnframes() / w.getframerate()
 
 
-def _atomic(path: Path, build: Callable[[Path], None]) -> Path:
+def atomic(path: Path, build: Callable[[Path], None]) -> Path:
+    """``path``, made by ``build(tmp)`` and renamed into place if it is not there: whole, or not
+    there (a run cut short makes it again)."""
     if not path.is_file():
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.wav")
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
         build(tmp)
         os.replace(tmp, path)
     return path
@@ -202,7 +204,7 @@ def _base_mix(directory: Path) -> Path:
             )
             _run(["sox", "-m", str(speech), str(music), str(noise), *_out(out)])
 
-    return _atomic(directory / "mix.wav", build)
+    return atomic(directory / "mix.wav", build)
 
 
 def make_audio(seconds: float = 0) -> Path:
@@ -218,7 +220,7 @@ def make_audio(seconds: float = 0) -> Path:
         repeats = max(0, int(seconds // full))
         _run(["sox", str(base), *_out(out), "repeat", str(repeats), "trim", "0", f"{seconds:g}"])
 
-    return _atomic(directory / f"mix_{seconds:g}s.wav", build)
+    return atomic(directory / f"mix_{seconds:g}s.wav", build)
 
 
 def make_noise(seconds: float) -> Path:
@@ -230,7 +232,7 @@ def make_noise(seconds: float) -> Path:
     def build(out: Path):
         _run(["sox", "-R", "-n", *_out(out), "synth", f"{seconds:g}", "whitenoise", "vol", "0.01"])
 
-    return _atomic(directory / f"noise_{seconds:g}s.wav", build)
+    return atomic(directory / f"noise_{seconds:g}s.wav", build)
 
 
 def load_wav(path: Path):

@@ -158,9 +158,6 @@ def recording(name: str = "live") -> Tuple[Path, List[Part]]:
     melody = testkit.read_wav(testkit.pluck_music(directory / "m.wav", common.ARPEGGIO, 0.25, 20))
     tape = _Tape(directory)
     (_live if name == "live" else _held_out)(tape, melody * 0.5)
-    for done, write in ((path, lambda tmp: testkit.write_wav(tmp, np.concatenate(tape.pieces))),
-                        (parts_file, lambda tmp: tmp.write_text(json.dumps(tape.parts)))):
-        tmp = done.with_suffix(".tmp" + done.suffix)
-        write(tmp)
-        tmp.replace(done)  # whole, or not there: a run cut short makes it again
+    common.atomic(path, lambda tmp: testkit.write_wav(tmp, np.concatenate(tape.pieces)))
+    common.atomic(parts_file, lambda tmp: tmp.write_text(json.dumps(tape.parts)))
     return path, tape.parts
