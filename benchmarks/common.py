@@ -173,36 +173,22 @@ def _base_mix(directory: Path) -> Path:
             for i, text in enumerate(testkit.SENTENCES):
                 raw, part = work / f"raw{i}.wav", work / f"s{i:02d}.wav"
                 _run(["espeak-ng", "-v", "en-us", "-s", "140", "-w", str(raw), text])
-                _run(["sox", str(raw), *_out(part), "pad", "0.3", "0.9"])
+                testkit.sox(str(raw), *_out(part), "pad", "0.3", "0.9")
                 parts.append(str(part))
             speech = work / "speech.wav"
-            _run(["sox", *parts, *_out(speech)])
+            testkit.sox(*parts, *_out(speech))
             seconds = wav_seconds(speech)
             notes = work / "notes.wav"
             synth: List[str] = []
             for i, note in enumerate(ARPEGGIO):  # ":" chains run one after another
                 synth += [":"] * bool(i) + ["synth", "0.25", "pluck", note]
-            _run(["sox", "-n", *_out(notes), *synth])
+            testkit.sox("-n", *_out(notes), *synth)
             music, noise = work / "music.wav", work / "noise.wav"
             repeats = str(int(seconds // 4) + 1)
-            _run(
-                [
-                    "sox",
-                    str(notes),
-                    *_out(music),
-                    "repeat",
-                    repeats,
-                    "trim",
-                    "0",
-                    str(seconds),
-                    "vol",
-                    "0.12",
-                ]
-            )
-            _run(
-                ["sox", "-R", "-n", *_out(noise), "synth", str(seconds), "pinknoise", "vol", "0.03"]
-            )
-            _run(["sox", "-m", str(speech), str(music), str(noise), *_out(out)])
+            testkit.sox(str(notes), *_out(music), "repeat", repeats, "trim", "0", str(seconds),
+                        "vol", "0.12")  # fmt: skip
+            testkit.sox("-n", *_out(noise), "synth", str(seconds), "pinknoise", "vol", "0.03")
+            testkit.sox("-m", str(speech), str(music), str(noise), *_out(out))
 
     return atomic(directory / "mix.wav", build)
 
@@ -218,7 +204,7 @@ def make_audio(seconds: float = 0) -> Path:
 
     def build(out: Path):
         repeats = max(0, int(seconds // full))
-        _run(["sox", str(base), *_out(out), "repeat", str(repeats), "trim", "0", f"{seconds:g}"])
+        testkit.sox(str(base), *_out(out), "repeat", str(repeats), "trim", "0", f"{seconds:g}")
 
     return atomic(directory / f"mix_{seconds:g}s.wav", build)
 
@@ -230,7 +216,7 @@ def make_noise(seconds: float) -> Path:
     directory.mkdir(exist_ok=True)
 
     def build(out: Path):
-        _run(["sox", "-R", "-n", *_out(out), "synth", f"{seconds:g}", "whitenoise", "vol", "0.01"])
+        testkit.sox("-n", *_out(out), "synth", f"{seconds:g}", "whitenoise", "vol", "0.01")
 
     return atomic(directory / f"noise_{seconds:g}s.wav", build)
 

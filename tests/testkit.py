@@ -338,6 +338,8 @@ RATE = 16000
 def sox(*args: str) -> None:
     """sox in its repeatable mode (-R): the same dither and noise every run, so audio made
     again is the same audio."""
+    if shutil.which("sox") is None:
+        raise RuntimeError("sox not found: apt-get install -y sox libsox-fmt-all")
     proc = subprocess.run(["sox", "-R", *args], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"$ sox {' '.join(args)}\n{proc.stderr[-2000:]}")
